@@ -1,0 +1,43 @@
+"""Build the native pipeline stages.
+
+Every ``src_c/NAME.pyx`` becomes the extension module ``vxcap._NAME`` (asyncpg's layout: one native module
+per subsystem, declarations in ``.pxd`` beside it). ``VXCAP_DEBUG_BUILD=1`` turns on Cython's bounds and
+wrap-around checks and keeps assertions, for fuzzing (issue: hostile input) and for debugging.
+"""
+import glob
+import os
+
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+DEBUG = os.environ.get("VXCAP_DEBUG_BUILD", "") not in ("", "0")
+
+directives = {
+    "language_level": "3",
+    "boundscheck": DEBUG,
+    "wraparound": DEBUG,
+    "initializedcheck": DEBUG,
+    "cdivision": True,
+    "embedsignature": True,
+}
+
+extensions = []
+for pyx in sorted(glob.glob("src_c/*.pyx")):
+    name = os.path.splitext(os.path.basename(pyx))[0]
+    extensions.append(
+        Extension(
+            f"vxcap._{name}",
+            [pyx],
+            include_dirs=["src_c"],
+            extra_compile_args=["-O2"] + ([] if DEBUG else ["-DNDEBUG"]),
+        )
+    )
+
+setup(
+    ext_modules=cythonize(
+        extensions,
+        compiler_directives=directives,
+        include_path=["src_c"],
+        build_dir="build/cython",
+    ),
+)

@@ -1,0 +1,5 @@
+import sys
+
+from vxcap.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Real peers for tests and benchmarks: namespaces with a mirror, a Resurface-like collector."""
