@@ -1,0 +1,628 @@
+"""HTTP/1.x on top of reassembled TCP: one parser per direction, requests paired with responses in order.
+
+The reassembler hands each direction's bytes, in order, to a :class:`HalfParser`, and reports the bytes it
+could not deliver as gaps. httptools (llhttp) parses headers and de-chunks bodies; this module decides where
+each message *starts* and *ends* in the byte stream itself, because llhttp cannot be told that a response
+answers a HEAD request (RFC 9112 section 6.3 rule 1: such a response has no body whatever its
+Content-Length says), nor where it stopped after an error. Knowing the boundaries exactly lets us:
+
+- start in the middle of a connection (SYN missed) at the first request line or status line;
+- restart after a gap at the next message boundary, emitting the damaged message with what was captured;
+- bound the header block of each message (a header flood costs at most ``max_header_bytes``);
+- end the parse for good on 101 Switching Protocols, a successful CONNECT, TLS or HTTP/2 (RFC 9113 3.4).
+
+Framing follows RFC 9112 section 6: Transfer-Encoding chunked (last coding) wins over Content-Length; a
+request without either has no body; a response without either is delimited by the connection's close;
+responses to HEAD, 1xx, 204 and 304 have no body. Interim 1xx responses are skipped (not calls).
+"""
+from __future__ import annotations
+
+import re
+from collections import deque
+
+import httptools
+
+# Reasons a message can be incomplete; they end up in the ``custom_field:vxcap_incomplete`` detail.
+GAP = "gap"  # bytes of this message were never captured (loss, truncation, buffer overflow)
+CUT = "body_limit"  # body longer than the body limit: kept up to the limit
+HEADERS_CUT = "header_limit"  # header block longer than max_header_bytes: the message is dropped
+NO_RESPONSE = "no_response"  # the request never got an answer in time
+EOF = "eof"  # the connection ended inside the message
+
+# A request line (RFC 9112 3: method SP request-target SP HTTP-version CRLF) or status line (RFC 9112 4).
+# Used only to find a message boundary after a gap or in a stream captured mid-way, so it is strict
+# about the version token and lenient about the method (any token of capitals, as servers accept).
+# Not anchored to a line start: after a gap the next message usually follows the end of a body directly.
+_REQUEST_LINE = re.compile(rb"[A-Z][A-Z0-9_-]{1,19} [!-~]{1,8192} HTTP/1\.[01]\r?\n")
+_STATUS_LINE = re.compile(rb"HTTP/1\.[01] [1-5][0-9][0-9](?:[ \r\n])")
+_TLS_RECORD = re.compile(rb"\x16\x03[\x00-\x04]")  # RFC 8446 5.1: handshake record, legacy version 3.x
+# The first bytes of an HTTP/1.x message: a method token and a space, or a status line's version.
+_HTTP_START = re.compile(rb"[A-Z][A-Z0-9_-]{0,19} |HTTP/1\.")
+_HTTP_PREFIX = re.compile(rb"[A-Z][A-Z0-9_-]{0,20}|HTTP/1?")
+
+_MAX_LINE_SCAN = 8192 + 64  # bytes kept while looking for a start line split across segments
+
+_NO_BODY_STATUS = (204, 304)
+
+
+class Message:
+    """One request or response as captured. Owned by the connection until it is emitted."""
+
+    __slots__ = (
+        "is_request", "method", "target", "status", "headers", "body", "body_size", "ts_ns",
+        "incomplete", "done", "content_encoding",
+    )
+
+    def __init__(self, is_request: bool, ts_ns: int):
+        self.is_request = is_request
+        self.method = ""
+        self.target = b""
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body: list[bytes] = []
+        self.body_size = 0  # bytes kept in ``body`` (de-chunked, still content-encoded)
+        self.ts_ns = ts_ns
+        self.incomplete: list[str] = []
+        self.done = False
+
+    def mark(self, reason: str) -> None:
+        if reason not in self.incomplete:
+            self.incomplete.append(reason)
+
+
+class Limits:
+    """Per-message limits of the HTTP layer (validated by the configuration module)."""
+
+    __slots__ = ("max_header_bytes", "body_limit", "max_pending")
+
+    def __init__(self, max_header_bytes: int = 65536, body_limit: int = 1 << 20, max_pending: int = 64):
+        self.max_header_bytes = max_header_bytes
+        self.body_limit = body_limit
+        # Requests waiting for their response on one connection (pipelining depth); past it the oldest
+        # is emitted without a response so a one-sided capture cannot grow without bound.
+        self.max_pending = max_pending
+
+
+# Direction states.
+_SCAN = 0  # looking for a start line (mid-stream start, after a gap, after garbage)
+_HEADERS = 1  # at a message boundary: buffering the header block
+_BODY_LENGTH = 2  # Content-Length body: ``remaining`` bytes to go
+_BODY_CHUNKED = 3  # chunked body: our own framing scanner finds its end, llhttp de-chunks
+_BODY_CLOSE = 4  # response body delimited by the end of the connection
+_DEAD = 5  # not HTTP/1.x any more (upgrade, tunnel, TLS, h2, non-HTTP): bytes ignored
+
+# Chunked framing sub-states (RFC 9112 7.1).
+_CH_SIZE, _CH_DATA, _CH_DATA_END, _CH_TRAILER = range(4)
+
+
+class ChunkScanner:
+    """Finds where a chunked body ends without copying it (llhttp does the de-chunking)."""
+
+    __slots__ = ("state", "remaining", "line")
+
+    def __init__(self):
+        self.state = _CH_SIZE
+        self.remaining = 0
+        self.line = b""
+
+    def scan(self, data: bytes, i: int) -> tuple[int, bool]:
+        """Consume framing from ``data[i:]``; return (index after what belongs to the body, body ended)."""
+        n = len(data)
+        while i < n:
+            st = self.state
+            if st == _CH_DATA:
+                take = min(self.remaining, n - i)
+                i += take
+                self.remaining -= take
+                if self.remaining == 0:
+                    self.state = _CH_DATA_END
+                continue
+            j = data.find(b"\n", i)
+            if j < 0:
+                self.line += data[i:]
+                if len(self.line) > 4096:
+                    raise ValueError("chunk framing line longer than 4096 bytes")
+                return n, False
+            line = self.line + data[i:j]
+            self.line = b""
+            i = j + 1
+            if st == _CH_SIZE:
+                size_text = line.split(b";", 1)[0].strip()
+                if not size_text or len(size_text) > 16:
+                    raise ValueError("invalid chunk size")
+                size = int(size_text, 16)  # ValueError on non-hex, as wanted
+                if size == 0:
+                    self.state = _CH_TRAILER
+                else:
+                    self.remaining = size
+                    self.state = _CH_DATA
+            elif st == _CH_DATA_END:
+                self.state = _CH_SIZE
+            else:  # trailer section: ends at an empty line
+                if line in (b"", b"\r"):
+                    return i, True
+        return i, False
+
+
+class HalfParser:
+    """One direction of a connection: bytes in, :class:`Message` objects out (to the connection)."""
+
+    __slots__ = (
+        "conn", "is_request", "state", "buf", "buf_ts", "parser", "msg", "remaining", "chunks",
+        "stats", "limits", "_complete", "held", "held_bytes", "eof_pending",
+    )
+
+    def __init__(self, conn: "HttpConnection", is_request: bool | None, at_start: bool):
+        self.conn = conn
+        self.is_request = is_request  # None until the first start line tells (no SYN, no port hint)
+        self.state = _HEADERS if at_start and is_request is not None else _SCAN
+        self.buf = b""
+        self.buf_ts = 0
+        self.parser = None
+        self.msg: Message | None = None
+        self.remaining = 0
+        self.chunks: ChunkScanner | None = None
+        self.stats = conn.stats
+        self.limits = conn.limits
+        self._complete = False
+        self.held: list[tuple[bytes, int]] | None = None  # chunks held while deferred
+        self.held_bytes = 0
+        self.eof_pending = False  # eof() arrived while held: run it after the held bytes
+
+    # ---- llhttp callbacks -------------------------------------------------------------------------
+    def on_url(self, url: bytes) -> None:
+        self.msg.target += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.msg.headers.append((name, value))
+
+    def on_body(self, body: bytes) -> None:
+        msg = self.msg
+        room = self.limits.body_limit - msg.body_size
+        if room <= 0:
+            msg.mark(CUT)
+            return
+        if len(body) > room:
+            body = body[:room]
+            msg.mark(CUT)
+        msg.body.append(body)
+        msg.body_size += len(body)
+
+    def on_message_complete(self) -> None:
+        self._complete = True
+
+    # ---- stream input -----------------------------------------------------------------------------
+    def feed(self, data: bytes, ts_ns: int) -> None:
+        if self.held is not None:
+            # Waiting for the request side (see _take_headers): keep chunks with their capture times.
+            self.held.append((data, ts_ns))
+            self.held_bytes += len(data)
+            if not self.conn.response_may_proceed(self.held_bytes):
+                return
+            self.resume()
+            return
+        while data:
+            st = self.state
+            if st == _HEADERS or st == _SCAN:
+                if not self.buf:
+                    self.buf_ts = ts_ns
+                    self.buf = data
+                else:
+                    self.buf += data
+                data = self._take_headers() if st == _HEADERS else self._scan()
+            elif st == _BODY_LENGTH:
+                n = self.remaining
+                part = data if len(data) <= n else data[:n]
+                data = data[len(part):]
+                self.remaining = n - len(part)
+                if self._feed_body(part) and self.remaining == 0:
+                    self._finish()
+                    self.buf_ts = ts_ns
+            elif st == _BODY_CHUNKED:
+                try:
+                    end, done = self.chunks.scan(data, 0)
+                except ValueError:
+                    self.stats["http_parse_errors"] += 1
+                    self._abort(GAP)
+                    continue  # resynchronise on these same bytes
+                part = data[:end] if end < len(data) else data
+                data = data[end:]
+                if self._feed_body(part) and done:
+                    self._finish()
+                    self.buf_ts = ts_ns
+            elif st == _BODY_CLOSE:
+                self._feed_body(data)
+                return
+            else:  # _DEAD
+                self.stats["bytes_ignored"] += len(data)
+                return
+
+    def gap(self, nbytes: int) -> None:
+        """``nbytes`` of this direction were lost: end the message in progress, resynchronise."""
+        if self.state == _DEAD:
+            return
+        if self.is_request:
+            self.conn.request_lost()
+        if self.msg is not None:
+            self.msg.mark(GAP)
+            self._emit_partial()
+        elif self.buf and self.state == _HEADERS:
+            self.stats["http_headers_lost"] += 1
+        self.buf = b""
+        self.parser = None
+        self.state = _SCAN
+
+    def eof(self) -> None:
+        """The direction ended (FIN, RST, idle timeout, end of capture)."""
+        if self.held is not None:
+            if not self.conn.force_responses:
+                # The response side ended while waiting for its requests (they arrive later on a
+                # mirror that crossed the directions): finish once they are known.
+                self.eof_pending = True
+                return
+            self.resume()
+        if self.is_request:
+            # No request will come any more: responses must not wait for one.
+            self.conn.request_lost()
+        if self.state == _BODY_CLOSE and self.msg is not None:
+            self._finish()
+        elif self.msg is not None:
+            self.msg.mark(EOF)
+            self._emit_partial()
+        elif self.buf and self.state == _HEADERS and self.buf.strip(b"\r\n"):
+            self.stats["http_headers_lost"] += 1
+        self.buf = b""
+        self.state = _DEAD
+
+    # ---- internals --------------------------------------------------------------------------------
+    def _new_parser(self):
+        self.parser = (httptools.HttpRequestParser if self.is_request else httptools.HttpResponseParser)(self)
+        # Be as lenient as the servers we watch: a bare LF ends a line (RFC 9112 2.2 allows recipients to
+        # accept it), and spaces after a chunk size occur in the wild.
+        self.parser.set_dangerous_leniencies(
+            lenient_optional_cr_before_lf=True, lenient_spaces_after_chunk_size=True
+        )
+
+    def _scan(self) -> bytes:
+        """Look for a start line in ``buf``; keep only what could still begin one."""
+        buf = self.buf
+        if not self.conn.sized_up and self.conn.sniff(self, buf):
+            return b""
+        pats = (_REQUEST_LINE,) if self.is_request else (_STATUS_LINE,)
+        if self.is_request is None:
+            pats = (_REQUEST_LINE, _STATUS_LINE)
+        best = None
+        for pat in pats:
+            m = pat.search(buf)
+            if m is not None and (best is None or m.start() < best[0].start()):
+                best = (m, pat)
+        if best is None:
+            if len(buf) > _MAX_LINE_SCAN:
+                self.stats["resync_skipped_bytes"] += len(buf) - _MAX_LINE_SCAN
+                self.buf = buf[-_MAX_LINE_SCAN:]
+            return b""
+        m, pat = best
+        if m.start():
+            self.stats["resync_skipped_bytes"] += m.start()
+        if self.is_request is None:
+            self.conn.assign_roles(self, pat is _REQUEST_LINE)
+        self.state = _HEADERS
+        self.buf = b""
+        return buf[m.start():]
+
+    def _take_headers(self) -> bytes:
+        """At a boundary: once the whole header block is buffered, parse it and set up body framing."""
+        buf = self.buf
+        if not self.conn.sized_up and self.conn.sniff(self, buf):
+            return b""
+        if buf[:1] in (b"\r", b"\n"):
+            # Stray CRLFs between messages (RFC 9112 2.2: a server SHOULD ignore at least one).
+            buf = buf.lstrip(b"\r\n")
+            self.buf = buf
+            if not buf:
+                return b""
+        a = buf.find(b"\n\r\n")
+        b = buf.find(b"\n\n")
+        if a < 0 and b < 0:
+            if len(buf) > self.limits.max_header_bytes:
+                self.stats["header_limit_hits"] += 1
+                self.buf = b""
+                self.state = _SCAN
+            return b""
+        end = a + 3 if b < 0 or (0 <= a < b) else b + 2
+        if end > self.limits.max_header_bytes:
+            self.stats["header_limit_hits"] += 1
+            self.buf = b""
+            self.state = _SCAN
+            return buf[end:]
+        if not self.is_request and not self.conn.response_may_proceed(len(buf)):
+            # Directions arrive crossed on a mirror: wait until the request this response answers has
+            # been parsed, so that a response to HEAD is known to have no body (RFC 9112 6.3).
+            self.conn.deferred = self
+            self.held = []
+            self.held_bytes = len(buf)
+            return b""
+        self.buf = b""
+        rest = buf[end:]
+        block = buf[:end]
+        msg = self.msg = Message(self.is_request, self.buf_ts)
+        if self.parser is None:
+            self._new_parser()
+        self._complete = False
+        upgrade = False
+        try:
+            self.parser.feed_data(block)
+        except httptools.HttpParserUpgrade:
+            upgrade = True
+        except httptools.HttpParserError:
+            self.stats["http_parse_errors"] += 1
+            self.msg = None
+            self.parser = None
+            self.state = _SCAN
+            # Resume the search one byte on so the same start line is not found again.
+            self.buf = block[1:]
+            self.buf_ts = msg.ts_ns
+            return rest
+        if self.is_request:
+            msg.method = self.parser.get_method().decode("ascii", "replace")
+            self.conn.request_started(msg.method)
+        else:
+            msg.status = self.parser.get_status_code()
+        return self._framing(msg, upgrade, rest)
+
+    def resume(self) -> None:
+        """Parse what was held back while waiting for the request side (see _take_headers)."""
+        held, self.held = self.held, None
+        if self.conn.deferred is self:
+            self.conn.deferred = None
+        if held is None:
+            return
+        self.held_bytes = 0
+        data, self.buf = self.buf, b""
+        self.feed(data, self.buf_ts)
+        for i, (chunk, ts) in enumerate(held):
+            if self.held is not None:  # deferred again (the next response): keep the rest in order
+                self.held.extend(held[i:])
+                self.held_bytes += sum(len(c) for c, _ in held[i:])
+                return
+            self.feed(chunk, ts)
+        if self.eof_pending and self.held is None:
+            self.eof_pending = False
+            self.eof()
+
+    def _framing(self, msg: Message, upgrade: bool, rest: bytes) -> bytes:
+        """Decide, from the headers just parsed, how this message's body is delimited (RFC 9112 6.3)."""
+        conn = self.conn
+        if not self.is_request:
+            status = msg.status
+            if 100 <= status < 200 and status != 101:
+                # Interim response (e.g. 100 Continue): not a call; the real response follows.
+                self.stats["interim_responses"] += 1
+                self.msg = None
+                return rest
+            method = conn.method_for_next_response()
+            conn.resp_index += 1
+            if status == 101 or upgrade or (method == "CONNECT" and 200 <= status < 300):
+                # The connection stops speaking HTTP/1.x after this response (RFC 9110 15.2.2, 9.3.6).
+                self._complete = True  # nothing more will be fed to this parser
+                self._finish()
+                conn.end_http("upgrade" if status == 101 else "connect")
+                return b""
+            if method == "HEAD" or status in _NO_BODY_STATUS:
+                self._finish()
+                return rest
+        elif upgrade:
+            # Upgrade or CONNECT request: complete without body; the response decides what follows.
+            self._complete = False  # llhttp sits in its upgrade state: use a fresh parser next
+            self._finish()
+            return rest
+        if self._complete:
+            self._finish()
+            return rest
+        te = cl = None
+        for name, value in msg.headers:
+            lname = name.lower()
+            if lname == b"transfer-encoding":
+                te = value
+            elif lname == b"content-length":
+                cl = value
+        if te is not None and te.lower().rstrip().endswith(b"chunked"):
+            self.chunks = ChunkScanner()
+            self.state = _BODY_CHUNKED
+        elif cl is not None:
+            # llhttp already rejected a malformed Content-Length; it completed the message if it is 0.
+            try:
+                self.remaining = int(cl.strip())
+            except ValueError:
+                self.remaining = -1
+            if self.remaining < 0:
+                self.stats["http_parse_errors"] += 1
+                self._abort(GAP)
+                return rest
+            self.state = _BODY_LENGTH
+        elif self.is_request:
+            self._finish()
+            return rest
+        else:
+            self.state = _BODY_CLOSE
+        return rest
+
+    def _feed_body(self, data: bytes) -> bool:
+        """Body bytes to llhttp (it de-chunks); False when it rejected them and we resynchronise."""
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            self.stats["http_parse_errors"] += 1
+            self._abort(GAP)
+            return False
+        return True
+
+    def _abort(self, reason: str) -> None:
+        if self.msg is not None:
+            self.msg.mark(reason)
+            self._emit_partial()
+        self.parser = None
+        self.buf = b""
+        self.state = _SCAN
+
+    def _emit_partial(self) -> None:
+        msg = self.msg
+        self.msg = None
+        self.parser = None
+        self.chunks = None
+        msg.done = True
+        self.conn.message_done(self, msg)
+
+    def _finish(self) -> None:
+        """The message ended at a known boundary; the next byte starts a new message."""
+        msg = self.msg
+        self.msg = None
+        self.chunks = None
+        self.state = _HEADERS
+        if not self._complete:
+            # llhttp is still inside this message (a HEAD response with a Content-Length, an upgrade):
+            # the next message gets a fresh parser.
+            self.parser = None
+        self._complete = False
+        if msg is not None:
+            msg.done = True
+            self.conn.message_done(self, msg)
+
+
+class HttpConnection:
+    """Both directions of one TCP connection, and the pairing of its requests with its responses.
+
+    Pairing is by order (RFC 9112 9.3.2: responses come in the order of the requests), which survives
+    pipelining and crossed directions; the i-th final response answers the i-th request.
+    """
+
+    __slots__ = (
+        "info", "halves", "requests", "responses", "emit", "stats", "limits", "sized_up", "ended",
+        "_client_dir", "methods", "methods_base", "req_index", "resp_index", "deferred", "force_responses",
+    )
+
+    def __init__(self, info, emit, stats, limits: Limits, client_dir: int | None, syn_seen: tuple[bool, bool]):
+        self.info = info  # opaque to this module: handed back with each call
+        self.emit = emit  # emit(info, request | None, response | None)
+        self.stats = stats
+        self.limits = limits
+        self.requests: deque[Message] = deque()  # requests not yet paired (in progress or done)
+        self.responses: deque[Message] = deque()  # final responses done, waiting for their request
+        self.sized_up = False  # the first bytes were checked for TLS / HTTP/2 / non-HTTP
+        self.ended = False
+        self._client_dir = client_dir
+        self.methods: deque[str] = deque()  # method of request number methods_base + i
+        self.methods_base = 0
+        self.req_index = 0  # requests whose header block was parsed
+        self.resp_index = 0  # final responses whose header block was parsed
+        self.deferred: HalfParser | None = None  # response side waiting for its request
+        self.force_responses = False  # the request side can no longer tell us (gap, end): do not wait
+        self.halves = [
+            HalfParser(self, None if client_dir is None else (d == client_dir), syn_seen[d]) for d in (0, 1)
+        ]
+
+    def feed(self, direction: int, data: bytes, ts_ns: int) -> None:
+        self.halves[direction].feed(data, ts_ns)
+
+    def gap(self, direction: int, nbytes: int) -> None:
+        self.halves[direction].gap(nbytes)
+
+    def close(self) -> None:
+        """End of both directions: emit what is complete, then unanswered requests (marked)."""
+        for half in self.halves:
+            half.eof()
+        self._pair()
+        while self.requests:
+            req = self.requests.popleft()
+            if not req.done:
+                continue
+            req.mark(NO_RESPONSE)
+            self.stats["requests_without_response"] += 1
+            self.emit(self.info, req, None)
+        if self.responses:
+            self.stats["responses_without_request"] += len(self.responses)
+            self.responses.clear()
+
+    # ---- called by the halves ------------------------------------------------------------------------
+    def sniff(self, half: HalfParser, data: bytes) -> bool:
+        """Classify the first bytes of the connection; True when it is not HTTP/1.x (parsing stops)."""
+        if len(data) < 5:
+            return False  # too little to tell; wait for more
+        if _TLS_RECORD.match(data):
+            self.end_http("tls")
+            return True
+        if data.startswith(b"PRI * HTTP/2"):
+            self.end_http("http2")
+            return True
+        if half.state == _HEADERS and not _HTTP_START.match(data):
+            if _HTTP_PREFIX.fullmatch(data[:21]):
+                return False  # still a possible start ("HTTP/", "DELET"): wait for more bytes
+            # The stream was seen from its first byte and does not open with a start line: some other
+            # protocol on this port (or on any port when no application ports are configured).
+            self.end_http("not_http")
+            return True
+        self.sized_up = True
+        return False
+
+    def assign_roles(self, half: HalfParser, is_request: bool) -> None:
+        d = self.halves.index(half)
+        self._client_dir = d if is_request else 1 - d
+        for i, h in enumerate(self.halves):
+            h.is_request = i == self._client_dir
+
+    def method_for_next_response(self) -> str:
+        i = self.resp_index - self.methods_base
+        return self.methods[i] if 0 <= i < len(self.methods) else ""
+
+    def request_started(self, method: str) -> None:
+        self.req_index += 1
+        self.methods.append(method)
+        if len(self.methods) > self.limits.max_pending:
+            self.methods.popleft()
+            self.methods_base += 1
+        if self.deferred is not None:
+            self.deferred.resume()
+
+    def request_lost(self) -> None:
+        self.force_responses = True
+        if self.deferred is not None:
+            self.deferred.resume()
+
+    def response_may_proceed(self, held: int) -> bool:
+        if self.resp_index < self.req_index or self.force_responses:
+            return True
+        req_half = self.halves[self._client_dir if self._client_dir is not None else 0]
+        if req_half.state == _DEAD:
+            return True
+        if held > self.limits.max_header_bytes * 4:
+            self.stats["response_order_forced"] += 1
+            return True
+        return False
+
+    def message_done(self, half: HalfParser, msg: Message) -> None:
+        if msg.is_request:
+            self.requests.append(msg)
+            if len(self.requests) > self.limits.max_pending and not self.responses:
+                old = self.requests.popleft()
+                old.mark(NO_RESPONSE)
+                self.stats["requests_without_response"] += 1
+                self.stats["pending_limit_hits"] += 1
+                self.emit(self.info, old, None)
+        else:
+            self.responses.append(msg)
+        self._pair()
+
+    def end_http(self, why: str) -> None:
+        """Stop parsing this connection for good (upgrade, CONNECT tunnel, TLS, HTTP/2)."""
+        if not self.ended:
+            self.ended = True
+            self.stats[f"connections_{why}"] += 1
+        for h in self.halves:
+            h.state = _DEAD
+            h.buf = b""
+        self._pair()
+
+    def _pair(self) -> None:
+        reqs, resps = self.requests, self.responses
+        while reqs and resps and reqs[0].done:
+            self.emit(self.info, reqs.popleft(), resps.popleft())

@@ -1,0 +1,231 @@
+"""A paired request and response become a Resurface message (SPEC section 2), rules applied, NDJSON out.
+
+A message is a JSON array of ``[key, value]`` string pairs. Header names are lower-cased, one pair per value,
+without ``host`` and ``transfer-encoding`` (the URL carries the host; chunking is removed). Bodies are
+de-chunked by the HTTP layer and decoded here from their Content-Encoding (gzip, x-gzip, deflate with or
+without the zlib wrapper, br), never growing past the body limit, so a decompression bomb costs nothing.
+Text that is not valid UTF-8 is decoded with replacement characters, as Resurface's own agent does.
+"""
+from __future__ import annotations
+
+import collections
+import socket
+import zlib
+from urllib.parse import parse_qsl
+
+import orjson
+
+try:  # brotli is a declared dependency; the guard only keeps a broken install from losing every call
+    import brotli
+except ImportError:  # pragma: no cover
+    brotli = None
+
+from vxcap.http import CUT, NO_RESPONSE, Message
+
+INCOMPLETE_KEY = "custom_field:vxcap_incomplete"
+
+_SKIP_HEADERS = frozenset((b"host", b"transfer-encoding"))
+
+
+class MessageOptions:
+    """What goes into each message beyond the request and response themselves."""
+
+    __slots__ = ("host", "body_limit", "realip_header", "custom_vni", "custom_mirror_source")
+
+    def __init__(
+        self,
+        host: str | None = None,
+        body_limit: int = 1 << 20,
+        realip_header: str | None = None,
+        custom_fields: frozenset[str] = frozenset(),
+    ):
+        unknown = set(custom_fields) - {"vni", "mirror_source"}
+        if unknown:
+            raise ValueError(f"custom fields {sorted(unknown)}: expected any of vni, mirror_source")
+        self.host = host or socket.gethostname()
+        self.body_limit = body_limit
+        self.realip_header = realip_header.lower() if realip_header else None
+        self.custom_vni = "vni" in custom_fields
+        self.custom_mirror_source = "mirror_source" in custom_fields
+
+
+def _text(raw: bytes) -> str:
+    return raw.decode("utf-8", "replace")
+
+
+class _Bounded(Exception):
+    pass
+
+
+def decode_body(msg: Message, limit: int, stats: collections.Counter) -> str:
+    """The body as text: content-decoded (bounded by ``limit``), or as captured when decoding fails."""
+    if not msg.body:
+        return ""
+    raw = msg.body[0] if len(msg.body) == 1 else b"".join(msg.body)
+    coding = None
+    for name, value in msg.headers:
+        if name.lower() == b"content-encoding":
+            coding = value.strip().lower()
+    if coding and coding != b"identity":
+        try:
+            out = _decompress(coding, raw, limit)
+        except _Bounded:
+            stats["body_decode_limit_hits"] += 1
+            msg.mark(CUT)
+            out = None
+        except Exception:  # zlib.error, brotli.error, unknown coding: keep what was captured
+            stats["body_decode_failures"] += 1
+            out = None
+        if out is not None:
+            if isinstance(out, tuple):  # (partial output, hit the limit)
+                out, _ = out
+                stats["body_decode_limit_hits"] += 1
+                msg.mark(CUT)
+            raw = out
+    return _text(raw)
+
+
+def _decompress(coding: bytes, raw: bytes, limit: int):
+    if coding in (b"gzip", b"x-gzip"):
+        return _zlib(raw, 16 + zlib.MAX_WBITS, limit)
+    if coding == b"deflate":
+        # RFC 9110 8.4.1.2 says zlib-wrapped; many servers send raw deflate (RFC 1951). Try both.
+        try:
+            return _zlib(raw, zlib.MAX_WBITS, limit)
+        except zlib.error:
+            return _zlib(raw, -zlib.MAX_WBITS, limit)
+    if coding == b"br" and brotli is not None:
+        d = brotli.Decompressor()
+        out = bytearray()
+        # Feed in slices so one small input cannot expand past the limit in a single call.
+        for i in range(0, len(raw), 4096):
+            out += d.process(raw[i:i + 4096])
+            if len(out) > limit:
+                return bytes(out[:limit]), True
+        return bytes(out)
+    raise ValueError(f"unsupported content-encoding {coding!r}")
+
+
+def _zlib(raw: bytes, wbits: int, limit: int):
+    d = zlib.decompressobj(wbits)
+    out = d.decompress(raw, limit + 1)
+    if len(out) > limit or d.unconsumed_tail:
+        return out[:limit], True
+    if not d.eof:
+        # A body cut short by a gap: keep what decompressed so far (still useful), flag it upstream.
+        out += d.flush()
+    return out
+
+
+def _target_parts(target: bytes) -> tuple[str, str, str | None]:
+    """(path, query, host from an absolute-form target) of a request-target (RFC 9112 3.2)."""
+    t = _text(target)
+    host = None
+    lower = t[:8].lower()
+    if lower.startswith("http://") or lower.startswith("https://"):
+        rest = t.split("://", 1)[1]
+        slash = rest.find("/")
+        if slash < 0:
+            host, t = rest, "/"
+        else:
+            host, t = rest[:slash], rest[slash:]
+    t = t.split("#", 1)[0]
+    path, _, query = t.partition("?")
+    return path, query, host
+
+
+def _url_host(addr: str, port: int) -> str:
+    a = f"[{addr}]" if ":" in addr else addr
+    return a if port == 80 else f"{a}:{port}"
+
+
+class MessageBuilder:
+    """Builds, filters (rules) and serialises messages; counts what it drops."""
+
+    def __init__(self, options: MessageOptions, rules=None):
+        self.options = options
+        self.rules = rules
+        self.stats = collections.Counter()
+
+    def details(self, conn, req: Message | None, resp: Message | None) -> list[list[str]]:
+        opts = self.options
+        stats = self.stats
+        out: list[list[str]] = []
+        incomplete: list[str] = []
+        host = None
+        cookies: list[str] = []
+        if req is not None:
+            path, query, host = _target_parts(req.target)
+            req_headers = []
+            for name, value in req.headers:
+                lname = name.lower()
+                if lname == b"host":
+                    if host is None:
+                        host = _text(value).strip()
+                    continue
+                if lname in _SKIP_HEADERS:
+                    continue
+                v = _text(value)
+                if lname == b"cookie":
+                    cookies.append(v)
+                req_headers.append([f"request_header:{lname.decode('latin-1')}", v])
+            if not host:
+                addr, port = conn.server()
+                host = _url_host(addr, port)
+            out.append(["request_method", req.method])
+            out.append(["request_url", f"http://{host}{path}" if path.startswith("/") or not path else f"http://{host}/{path}" if path != "*" else f"http://{host}"])
+            if resp is not None:
+                out.append(["response_code", str(resp.status)])
+            if query:
+                for k, v in parse_qsl(query, keep_blank_values=True, errors="replace"):
+                    out.append([f"request_param:{k.lower()}", v])
+            if opts.realip_header:
+                out.append([f"request_header:{opts.realip_header}", conn.client()[0]])
+            out.extend(req_headers)
+            body = decode_body(req, opts.body_limit, stats)
+            if body:
+                out.append(["request_body", body])
+            for reason in req.incomplete:
+                incomplete.append(reason if reason == NO_RESPONSE else f"request_{reason}")
+        if resp is not None:
+            for name, value in resp.headers:
+                lname = name.lower()
+                if lname in _SKIP_HEADERS:
+                    continue
+                out.append([f"response_header:{lname.decode('latin-1')}", _text(value)])
+            body = decode_body(resp, opts.body_limit, stats)
+            if body:
+                out.append(["response_body", body])
+            for reason in resp.incomplete:
+                incomplete.append(f"response_{reason}")
+        if cookies and self.rules is not None:
+            out.extend(self.rules.session_fields(cookies))
+        if opts.custom_vni and conn.vni is not None:
+            out.append(["custom_field:vni", str(conn.vni)])
+        if opts.custom_mirror_source and conn.tunnel_src:
+            import ipaddress
+
+            out.append(["custom_field:mirror_source", str(ipaddress.ip_address(conn.tunnel_src))])
+        if incomplete:
+            out.append([INCOMPLETE_KEY, ",".join(dict.fromkeys(incomplete))])
+        start = req.ts_ns if req is not None else resp.ts_ns
+        now = resp.ts_ns if resp is not None else start
+        interval = (now - start) // 1_000_000
+        out.append(["now", str(now // 1_000_000)])
+        out.append(["interval", str(interval if interval > 0 else 1)])
+        out.append(["host", opts.host])
+        return out
+
+    def build(self, conn, req: Message | None, resp: Message | None) -> bytes | None:
+        """The NDJSON line (no newline) for one call, or None when the rules dropped it."""
+        details = self.details(conn, req, resp)
+        if self.rules is not None:
+            details = self.rules.apply(details)
+            if details is None:
+                self.stats["calls_dropped_by_rules"] += 1
+                return None
+        self.stats["calls_built"] += 1
+        return orjson.dumps(details)
+
+    def counters(self) -> dict[str, int]:
+        return dict(self.stats)
