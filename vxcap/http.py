@@ -20,6 +20,12 @@ from __future__ import annotations
 import re
 from collections import deque
 
+
+def _serial_diff(a: int, b: int) -> int:
+    """a - b in 32-bit serial number arithmetic (RFC 1982): negative when a is before b."""
+    d = (a - b) & 0xFFFFFFFF
+    return d - 0x100000000 if d & 0x80000000 else d
+
 import httptools
 
 # Reasons a message can be incomplete; they end up in the ``custom_field:vxcap_incomplete`` detail.
@@ -50,7 +56,7 @@ class Message:
 
     __slots__ = (
         "is_request", "method", "target", "status", "headers", "body", "body_size", "ts_ns",
-        "incomplete", "done", "content_encoding",
+        "incomplete", "done", "seq", "ack",
     )
 
     def __init__(self, is_request: bool, ts_ns: int):
@@ -64,6 +70,8 @@ class Message:
         self.ts_ns = ts_ns
         self.incomplete: list[str] = []
         self.done = False
+        self.seq = 0  # TCP sequence number of the first byte (pairing, see HttpConnection._pair)
+        self.ack: int | None = None  # acknowledgement number carried with the first byte
 
     def mark(self, reason: str) -> None:
         if reason not in self.incomplete:
@@ -75,7 +83,7 @@ class Limits:
 
     __slots__ = ("max_header_bytes", "body_limit", "max_pending")
 
-    def __init__(self, max_header_bytes: int = 65536, body_limit: int = 1 << 20, max_pending: int = 64):
+    def __init__(self, max_header_bytes: int = 65536, body_limit: int = 1 << 20, max_pending: int = 256):
         self.max_header_bytes = max_header_bytes
         self.body_limit = body_limit
         # Requests waiting for their response on one connection (pipelining depth); past it the oldest
@@ -149,7 +157,8 @@ class HalfParser:
 
     __slots__ = (
         "conn", "is_request", "state", "buf", "buf_ts", "parser", "msg", "remaining", "chunks",
-        "stats", "limits", "_complete", "held", "held_bytes", "eof_pending",
+        "stats", "limits", "_complete", "held", "held_bytes", "eof_pending", "buf_seq", "buf_ack", "rest_seq",
+        "end_seq",
     )
 
     def __init__(self, conn: "HttpConnection", is_request: bool | None, at_start: bool):
@@ -158,6 +167,10 @@ class HalfParser:
         self.state = _HEADERS if at_start and is_request is not None else _SCAN
         self.buf = b""
         self.buf_ts = 0
+        self.buf_seq = 0  # TCP sequence number of buf[0]
+        self.buf_ack: int | None = None  # acknowledgement number of the segment that carried buf[0]
+        self.rest_seq = 0  # sequence number of the bytes _take_headers/_scan hand back
+        self.end_seq = 0  # sequence number after the last byte seen (gaps included)
         self.parser = None
         self.msg: Message | None = None
         self.remaining = 0
@@ -192,10 +205,13 @@ class HalfParser:
         self._complete = True
 
     # ---- stream input -----------------------------------------------------------------------------
-    def feed(self, data: bytes, ts_ns: int) -> None:
+    def feed(self, data: bytes, ts_ns: int, seq: int = 0, ack: int | None = None) -> None:
+        """In-order bytes of this direction; ``seq`` is the TCP sequence number of ``data[0]`` and
+        ``ack`` the acknowledgement number of the segment that carried it (used for pairing)."""
+        self.end_seq = (seq + len(data)) & 0xFFFFFFFF
         if self.held is not None:
             # Waiting for the request side (see _take_headers): keep chunks with their capture times.
-            self.held.append((data, ts_ns))
+            self.held.append((data, ts_ns, seq, ack))
             self.held_bytes += len(data)
             if not self.conn.response_may_proceed(self.held_bytes):
                 return
@@ -206,14 +222,18 @@ class HalfParser:
             if st == _HEADERS or st == _SCAN:
                 if not self.buf:
                     self.buf_ts = ts_ns
+                    self.buf_seq = seq
+                    self.buf_ack = ack
                     self.buf = data
                 else:
                     self.buf += data
                 data = self._take_headers() if st == _HEADERS else self._scan()
+                seq = self.rest_seq
             elif st == _BODY_LENGTH:
                 n = self.remaining
                 part = data if len(data) <= n else data[:n]
                 data = data[len(part):]
+                seq = (seq + len(part)) & 0xFFFFFFFF
                 self.remaining = n - len(part)
                 if self._feed_body(part) and self.remaining == 0:
                     self._finish()
@@ -227,6 +247,7 @@ class HalfParser:
                     continue  # resynchronise on these same bytes
                 part = data[:end] if end < len(data) else data
                 data = data[end:]
+                seq = (seq + len(part)) & 0xFFFFFFFF
                 if self._feed_body(part) and done:
                     self._finish()
                     self.buf_ts = ts_ns
@@ -239,6 +260,7 @@ class HalfParser:
 
     def gap(self, nbytes: int) -> None:
         """``nbytes`` of this direction were lost: end the message in progress, resynchronise."""
+        self.end_seq = (self.end_seq + nbytes) & 0xFFFFFFFF
         if self.state == _DEAD:
             return
         if self.is_request:
@@ -298,8 +320,10 @@ class HalfParser:
                 best = (m, pat)
         if best is None:
             if len(buf) > _MAX_LINE_SCAN:
-                self.stats["resync_skipped_bytes"] += len(buf) - _MAX_LINE_SCAN
-                self.buf = buf[-_MAX_LINE_SCAN:]
+                cut = len(buf) - _MAX_LINE_SCAN
+                self.stats["resync_skipped_bytes"] += cut
+                self.buf = buf[cut:]
+                self.buf_seq = (self.buf_seq + cut) & 0xFFFFFFFF
             return b""
         m, pat = best
         if m.start():
@@ -308,6 +332,7 @@ class HalfParser:
             self.conn.assign_roles(self, pat is _REQUEST_LINE)
         self.state = _HEADERS
         self.buf = b""
+        self.rest_seq = (self.buf_seq + m.start()) & 0xFFFFFFFF
         return buf[m.start():]
 
     def _take_headers(self) -> bytes:
@@ -317,8 +342,9 @@ class HalfParser:
             return b""
         if buf[:1] in (b"\r", b"\n"):
             # Stray CRLFs between messages (RFC 9112 2.2: a server SHOULD ignore at least one).
-            buf = buf.lstrip(b"\r\n")
-            self.buf = buf
+            stripped = buf.lstrip(b"\r\n")
+            self.buf_seq = (self.buf_seq + len(buf) - len(stripped)) & 0xFFFFFFFF
+            buf = self.buf = stripped
             if not buf:
                 return b""
         a = buf.find(b"\n\r\n")
@@ -330,6 +356,7 @@ class HalfParser:
                 self.state = _SCAN
             return b""
         end = a + 3 if b < 0 or (0 <= a < b) else b + 2
+        self.rest_seq = (self.buf_seq + end) & 0xFFFFFFFF
         if end > self.limits.max_header_bytes:
             self.stats["header_limit_hits"] += 1
             self.buf = b""
@@ -346,6 +373,8 @@ class HalfParser:
         rest = buf[end:]
         block = buf[:end]
         msg = self.msg = Message(self.is_request, self.buf_ts)
+        msg.seq = self.buf_seq
+        msg.ack = self.buf_ack
         if self.parser is None:
             self._new_parser()
         self._complete = False
@@ -362,10 +391,11 @@ class HalfParser:
             # Resume the search one byte on so the same start line is not found again.
             self.buf = block[1:]
             self.buf_ts = msg.ts_ns
+            self.buf_seq = (msg.seq + 1) & 0xFFFFFFFF
             return rest
         if self.is_request:
             msg.method = self.parser.get_method().decode("ascii", "replace")
-            self.conn.request_started(msg.method)
+            self.conn.request_started(msg)
         else:
             msg.status = self.parser.get_status_code()
         return self._framing(msg, upgrade, rest)
@@ -379,13 +409,13 @@ class HalfParser:
             return
         self.held_bytes = 0
         data, self.buf = self.buf, b""
-        self.feed(data, self.buf_ts)
-        for i, (chunk, ts) in enumerate(held):
+        self.feed(data, self.buf_ts, self.buf_seq, self.buf_ack)
+        for i, (chunk, ts, seq, ack) in enumerate(held):
             if self.held is not None:  # deferred again (the next response): keep the rest in order
                 self.held.extend(held[i:])
-                self.held_bytes += sum(len(c) for c, _ in held[i:])
+                self.held_bytes += sum(len(h[0]) for h in held[i:])
                 return
-            self.feed(chunk, ts)
+            self.feed(chunk, ts, seq, ack)
         if self.eof_pending and self.held is None:
             self.eof_pending = False
             self.eof()
@@ -521,8 +551,8 @@ class HttpConnection:
             HalfParser(self, None if client_dir is None else (d == client_dir), syn_seen[d]) for d in (0, 1)
         ]
 
-    def feed(self, direction: int, data: bytes, ts_ns: int) -> None:
-        self.halves[direction].feed(data, ts_ns)
+    def feed(self, direction: int, data: bytes, ts_ns: int, seq: int = 0, ack: int | None = None) -> None:
+        self.halves[direction].feed(data, ts_ns, seq, ack)
 
     def gap(self, direction: int, nbytes: int) -> None:
         self.halves[direction].gap(nbytes)
@@ -531,7 +561,7 @@ class HttpConnection:
         """End of both directions: emit what is complete, then unanswered requests (marked)."""
         for half in self.halves:
             half.eof()
-        self._pair()
+        self._pair(final=True)
         while self.requests:
             req = self.requests.popleft()
             if not req.done:
@@ -574,7 +604,18 @@ class HttpConnection:
         i = self.resp_index - self.methods_base
         return self.methods[i] if 0 <= i < len(self.methods) else ""
 
-    def request_started(self, method: str) -> None:
+    def request_started(self, msg: Message) -> None:
+        method = msg.method
+        self.requests.append(msg)  # in order of their start; paired once done
+        if len(self.requests) > self.limits.max_pending and not self.responses:
+            old = self.requests.popleft()
+            if old.done:
+                old.mark(NO_RESPONSE)
+                self.stats["requests_without_response"] += 1
+                self.stats["pending_limit_hits"] += 1
+                self.emit(self.info, old, None)
+            else:
+                self.requests.appendleft(old)
         self.req_index += 1
         self.methods.append(method)
         if len(self.methods) > self.limits.max_pending:
@@ -600,15 +641,7 @@ class HttpConnection:
         return False
 
     def message_done(self, half: HalfParser, msg: Message) -> None:
-        if msg.is_request:
-            self.requests.append(msg)
-            if len(self.requests) > self.limits.max_pending and not self.responses:
-                old = self.requests.popleft()
-                old.mark(NO_RESPONSE)
-                self.stats["requests_without_response"] += 1
-                self.stats["pending_limit_hits"] += 1
-                self.emit(self.info, old, None)
-        else:
+        if not msg.is_request:
             self.responses.append(msg)
         self._pair()
 
@@ -622,7 +655,42 @@ class HttpConnection:
             h.buf = b""
         self._pair()
 
-    def _pair(self) -> None:
+    def _pair(self, final: bool = False) -> None:
+        """Pair by order, corrected with TCP sequence numbers where messages were lost.
+
+        Mirrored traffic loses whole messages. The acknowledgement number a request carries is where the
+        server's stream stood when the client sent it, so: a response that starts before the head
+        request's acknowledgement was sent before that request existed, and answers a request we never
+        saw; and when the next request was sent after the client had received more of the server's
+        stream (not pipelined) and this response starts at or after that point, the head request's
+        response was lost. Resurface's sniffer pairs by seq == ack alone, which breaks on pipelining.
+        """
         reqs, resps = self.requests, self.responses
-        while reqs and resps and reqs[0].done:
+        stats = self.stats
+        while reqs and resps:
+            q0, r = reqs[0], resps[0]
+            if not q0.done:
+                break
+            if q0.ack is not None and r.ack is not None and _serial_diff(r.seq, q0.ack) < 0:
+                resps.popleft()
+                stats["responses_without_request"] += 1
+                continue
+            if len(reqs) > 1:
+                q1 = reqs[1]
+                if (q0.ack is not None and q1.ack is not None and r.ack is not None
+                        and _serial_diff(q1.ack, q0.ack) > 0 and _serial_diff(r.seq, q1.ack) >= 0):
+                    reqs.popleft()
+                    q0.mark(NO_RESPONSE)
+                    stats["requests_without_response"] += 1
+                    self.emit(self.info, q0, None)
+                    continue
+            elif not final and r.ack is not None and not self._requests_seen_until(r.ack):
+                break  # a request sent before r may still be on its way: it would tell us more
             self.emit(self.info, reqs.popleft(), resps.popleft())
+
+    def _requests_seen_until(self, ack: int) -> bool:
+        """Has the request side been parsed up to ``ack`` (everything the server had when it replied)?"""
+        if self.force_responses:
+            return True
+        half = self.halves[self._client_dir if self._client_dir is not None else 0]
+        return half.state == _DEAD or _serial_diff(half.end_seq, ack) >= 0

@@ -34,7 +34,7 @@ class ReassemblyLimits:
 
     __slots__ = (
         "max_connections", "max_buffered", "max_conn_buffered", "gap_timeout_ns", "idle_timeout_ns",
-        "response_timeout_ns", "http",
+        "response_timeout_ns", "acked_grace_ns", "http",
     )
 
     def __init__(
@@ -45,6 +45,7 @@ class ReassemblyLimits:
         gap_timeout: float = 2.0,
         idle_timeout: float = 90.0,
         response_timeout: float = 120.0,
+        acked_grace: float = 0.1,
         http: Limits | None = None,
     ):
         for name, value in (
@@ -55,6 +56,7 @@ class ReassemblyLimits:
                 raise ValueError(f"{name}={value!r}: expected a positive integer")
         for name, value in (
             ("gap_timeout", gap_timeout), ("idle_timeout", idle_timeout), ("response_timeout", response_timeout),
+            ("acked_grace", acked_grace),
         ):
             if not value > 0:
                 raise ValueError(f"{name}={value!r}: expected a positive number of seconds")
@@ -64,13 +66,14 @@ class ReassemblyLimits:
         self.gap_timeout_ns = int(gap_timeout * _NS)
         self.idle_timeout_ns = int(idle_timeout * _NS)
         self.response_timeout_ns = int(response_timeout * _NS)
+        self.acked_grace_ns = int(acked_grace * _NS)
         self.http = http or Limits()
 
 
 class Half:
     """One direction's sequence state and its early (out-of-order) segments."""
 
-    __slots__ = ("next_seq", "early", "early_bytes", "fin_seq", "closed", "syn", "isn")
+    __slots__ = ("next_seq", "early", "early_bytes", "fin_seq", "closed", "syn", "isn", "acked")
 
     def __init__(self):
         self.next_seq: int | None = None
@@ -80,6 +83,7 @@ class Half:
         self.closed = False
         self.syn = False
         self.isn: int | None = None
+        self.acked: tuple[int, int] | None = None  # (peer's ack beyond a hole we hold, when first seen)
 
 
 class Conn:
@@ -169,9 +173,27 @@ class Reassembler:
                     # Where this direction starts is not known yet (SYN not captured, or not yet: mirrors
                     # reorder). Hold the data until the SYN or the peer's SYN-ACK tells, or the gap timer
                     # says it never will; then the lowest sequence number held is the start.
-                    self._hold(conn, d, half, seq, payload, missing, ts)
+                    self._hold(conn, d, half, seq, payload, missing, ts, ack)
                 else:
-                    self._data(conn, d, half, seq + (1 if flags & SYN else 0), payload, missing, ts)
+                    self._data(conn, d, half, seq + (1 if flags & SYN else 0), payload, missing, ts, ack)
+            if flags & ACK:
+                peer = conn.halves[1 - d]
+                if peer.early and peer.next_seq is not None and _serial_diff(ack, peer.next_seq) > 0:
+                    # The peer acknowledged bytes we hold no copy of: the endpoint had them, so they
+                    # will not be retransmitted and the mirror lost them (Wireshark's "ACKed unseen
+                    # segment"). A mirror may still deliver them a little late (it reorders the two
+                    # directions), so the hole is skipped after a short grace, not at once.
+                    if peer.acked is None:
+                        peer.acked = (ack, ts)
+                    elif _serial_diff(ack, peer.acked[0]) > 0:
+                        peer.acked = (ack, peer.acked[1])
+            for hd in (0, 1):
+                h = conn.halves[hd]
+                if h.acked is not None and ts - h.acked[1] >= self.limits.acked_grace_ns:
+                    acked, h.acked = h.acked[0], None
+                    if h.early and h.next_seq is not None and _serial_diff(acked, h.next_seq) > 0:
+                        self.stats["gaps_acked"] += 1
+                        self._skip_to(conn, hd, h, acked)
             if flags & FIN:
                 half.fin_seq = (seq + (1 if flags & SYN else 0) + len(payload) + missing) & 0xFFFFFFFF
                 self._maybe_close_half(conn, d, half)
@@ -226,13 +248,14 @@ class Reassembler:
             h = conn.http = HttpConnection(conn, self.emit, self.stats, self.limits.http, conn.client_dir, syn)
         return h
 
-    def _data(self, conn: Conn, d: int, half: Half, seq: int, payload: bytes, missing: int, ts: int) -> None:
+    def _data(self, conn: Conn, d: int, half: Half, seq: int, payload: bytes, missing: int, ts: int,
+              ack: int) -> None:
         if half.closed:
             self.stats["segments_after_close"] += 1
             return
         diff = _serial_diff(seq, half.next_seq)
         if diff > 0:
-            self._hold(conn, d, half, seq, payload, missing, ts)
+            self._hold(conn, d, half, seq, payload, missing, ts, ack)
             return
         if diff < 0:
             total = len(payload) + missing
@@ -246,15 +269,16 @@ class Reassembler:
             else:
                 missing -= cut - len(payload)
                 payload = b""
-        self._deliver(conn, d, half, payload, missing, ts)
+        self._deliver(conn, d, half, payload, missing, ts, ack)
         if half.early:
             self._drain(conn, d, half, force=False)
 
-    def _deliver(self, conn: Conn, d: int, half: Half, payload: bytes, missing: int, ts: int) -> None:
+    def _deliver(self, conn: Conn, d: int, half: Half, payload: bytes, missing: int, ts: int, ack: int) -> None:
         h = conn.http or self._http(conn)
         if payload:
-            half.next_seq = (half.next_seq + len(payload)) & 0xFFFFFFFF
-            h.feed(d, payload, ts)
+            seq = half.next_seq
+            half.next_seq = (seq + len(payload)) & 0xFFFFFFFF
+            h.feed(d, payload, ts, seq, ack)
             self.stats["bytes_delivered"] += len(payload)
         if missing:
             # Truncated by the capture (snap length, mirror packet length): a gap we know of at once.
@@ -264,7 +288,8 @@ class Reassembler:
             h.gap(d, missing)
         self._maybe_close_half(conn, d, half)
 
-    def _hold(self, conn: Conn, d: int, half: Half, seq: int, payload: bytes, missing: int, ts: int) -> None:
+    def _hold(self, conn: Conn, d: int, half: Half, seq: int, payload: bytes, missing: int, ts: int,
+              ack: int) -> None:
         size = len(payload)
         limits = self.limits
         if half.early is None:
@@ -272,7 +297,7 @@ class Reassembler:
         elif any(e[0] == seq for e in half.early):
             self.stats["duplicate_early_segments"] += 1
             return
-        half.early.append((seq, payload, missing, ts))
+        half.early.append((seq, payload, missing, ts, ack))
         half.early_bytes += size
         self.buffered += size
         self.pending.add(conn)
@@ -303,13 +328,13 @@ class Reassembler:
             # The next segment in sequence order (the list is short: a window's worth at most).
             nxt = half.next_seq
             best = min(range(len(early)), key=lambda i: _serial_diff(early[i][0], nxt))
-            seq, payload, missing, ts = early.pop(best)
+            seq, payload, missing, ts, ack = early.pop(best)
             half.early_bytes -= len(payload)
             self.buffered -= len(payload)
             diff = _serial_diff(seq, nxt)
             if diff > 0:
                 if not force or half.early_bytes + len(payload) <= keep_bytes:
-                    early.append((seq, payload, missing, ts))
+                    early.append((seq, payload, missing, ts, ack))
                     half.early_bytes += len(payload)
                     self.buffered += len(payload)
                     break
@@ -325,13 +350,28 @@ class Reassembler:
                 else:
                     missing -= cut - len(payload)
                     payload = b""
-            self._deliver(conn, d, half, payload, missing, ts)
+            self._deliver(conn, d, half, payload, missing, ts, ack)
             if half.closed:
                 break
         if not early:
             half.early = None
             if not (conn.halves[1 - d].early):
                 self.pending.discard(conn)
+
+    def _skip_to(self, conn: Conn, d: int, half: Half, ack: int) -> None:
+        """Skip holes before ``ack`` (acknowledged by the peer), delivering what we hold up to there."""
+        while half.early and half.next_seq is not None and _serial_diff(ack, half.next_seq) > 0:
+            nxt = half.next_seq
+            first = min(e[0] for e in half.early) if len(half.early) < 2 else min(
+                (e[0] for e in half.early), key=lambda q: _serial_diff(q, nxt))
+            hole_end = first if _serial_diff(first, ack) <= 0 else ack
+            if _serial_diff(hole_end, nxt) > 0:
+                self._skip(conn, d, half, _serial_diff(hole_end, nxt))
+            self._drain(conn, d, half, force=False)
+            if half.closed or conn.key not in self.conns:
+                return
+            if _serial_diff(first, ack) > 0:
+                return  # what we hold starts beyond what was acknowledged: wait for the rest
 
     def _skip(self, conn: Conn, d: int, half: Half, nbytes: int) -> None:
         self.stats["gaps"] += 1
