@@ -37,6 +37,22 @@ class Pipeline:
         lines, self._lines = self._lines, []
         return lines
 
+    def feed_segments(self, segments: list) -> list[bytes]:
+        """The same for segments a ring reader already decoded (``Decoder.decode_frame`` per frame)."""
+        if segments:
+            self.reassembler.process(segments)
+        lines, self._lines = self._lines, []
+        return lines
+
+    def tick(self, now_ns: int) -> list[bytes]:
+        """Advance the capture clock without traffic (live capture: timers must fire on a quiet link)."""
+        r = self.reassembler
+        if now_ns > r.now:
+            r.now = now_ns
+        r.sweep()
+        lines, self._lines = self._lines, []
+        return lines
+
     def finish(self) -> list[bytes]:
         """End of input: flush every connection (held segments skipped past holes, partial calls marked)."""
         self.reassembler.close_all()
