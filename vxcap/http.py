@@ -152,6 +152,35 @@ class ChunkScanner:
         return i, False
 
 
+# Methods llhttp knows whose requests are framed like any other (not CONNECT): an unknown extension
+# method is parsed as POST (same framing rules, RFC 9112 6.3) and reported as sent.
+_LLHTTP_METHODS = frozenset(
+    b"DELETE GET HEAD POST PUT OPTIONS TRACE COPY LOCK MKCOL MOVE PROPFIND PROPPATCH SEARCH UNLOCK BIND "
+    b"REBIND UNBIND ACL REPORT MKACTIVITY CHECKOUT MERGE M-SEARCH NOTIFY SUBSCRIBE UNSUBSCRIBE PATCH PURGE "
+    b"MKCALENDAR LINK UNLINK SOURCE QUERY CONNECT".split()
+)
+_LOOSE_VERSION = re.compile(rb"HTTP/1\.?[0-9]?")
+
+
+def _lenient_request_line(block: bytes) -> tuple[bytes, str] | None:
+    """The block with its request line made acceptable to llhttp, and the method as sent; or None."""
+    line_end = block.find(b"\r\n")
+    parts = block[:line_end].split(b" ")
+    if len(parts) != 3 or not parts[0] or not parts[1]:
+        return None
+    method, target, version = parts
+    if not method.isupper() and not method.replace(b"_", b"").replace(b"-", b"").isalnum():
+        return None
+    fixed_method = method if method in _LLHTTP_METHODS else b"POST"
+    if version not in (b"HTTP/1.0", b"HTTP/1.1"):
+        if not _LOOSE_VERSION.fullmatch(version):
+            return None
+        version = b"HTTP/1.1" if version.endswith(b"1") else b"HTTP/1.0"
+    if fixed_method == method and version == parts[2]:
+        return None
+    return fixed_method + b" " + target + b" " + version + block[line_end:], method.decode("ascii", "replace")
+
+
 class HalfParser:
     """One direction of a connection: bytes in, :class:`Message` objects out (to the connection)."""
 
@@ -372,18 +401,40 @@ class HalfParser:
         self.buf = b""
         rest = buf[end:]
         block = buf[:end]
+        target = None
+        if block.count(b"\n") != block.count(b"\r\n"):
+            # Bare LF line ends (RFC 9112 2.2 lets a recipient accept them; llhttp rejects one after the
+            # request line even when lenient): normalise for the parser only.
+            block = block.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        if self.is_request:
+            line_end = block.find(b"\r\n")
+            if block.count(b" ", 0, line_end) > 2:
+                # Spaces inside the request-target ("GET /a b HTTP/1.0"): servers and peers (Zeek, Arkime)
+                # accept them; llhttp does not. Parse with them escaped, report the target as sent.
+                method, _, rest_of_line = block[:line_end].partition(b" ")
+                target, _, version = rest_of_line.rpartition(b" ")
+                block = method + b" " + target.replace(b" ", b"%20") + b" " + version + block[line_end:]
         msg = self.msg = Message(self.is_request, self.buf_ts)
         msg.seq = self.buf_seq
         msg.ack = self.buf_ack
         if self.parser is None:
             self._new_parser()
         self._complete = False
-        upgrade = False
-        try:
-            self.parser.feed_data(block)
-        except httptools.HttpParserUpgrade:
-            upgrade = True
-        except httptools.HttpParserError:
+        method_as_sent = None
+        ok, upgrade = self._parse_block(block)
+        if not ok and self.is_request:
+            # Servers accept more than llhttp does: extension methods ("CCM_POST"), a version cut short
+            # ("HTTP/1."). Retry once with those parts made standard for the parser; report them as sent.
+            fixed = _lenient_request_line(block)
+            if fixed is not None:
+                block, method_as_sent = fixed
+                msg.headers.clear()
+                msg.target = b""
+                self._new_parser()
+                ok, upgrade = self._parse_block(block)
+                if ok:
+                    self.stats["lenient_request_lines"] += 1
+        if not ok:
             self.stats["http_parse_errors"] += 1
             self.msg = None
             self.parser = None
@@ -394,11 +445,23 @@ class HalfParser:
             self.buf_seq = (msg.seq + 1) & 0xFFFFFFFF
             return rest
         if self.is_request:
-            msg.method = self.parser.get_method().decode("ascii", "replace")
+            msg.method = method_as_sent or self.parser.get_method().decode("ascii", "replace")
+            if target is not None:
+                msg.target = target
             self.conn.request_started(msg)
         else:
             msg.status = self.parser.get_status_code()
         return self._framing(msg, upgrade, rest)
+
+    def _parse_block(self, block: bytes) -> tuple[bool, bool]:
+        """Feed a whole header block to llhttp: (parsed, the message asks for an upgrade)."""
+        try:
+            self.parser.feed_data(block)
+        except httptools.HttpParserUpgrade:
+            return True, True
+        except httptools.HttpParserError:
+            return False, False
+        return True, False
 
     def resume(self) -> None:
         """Parse what was held back while waiting for the request side (see _take_headers)."""
