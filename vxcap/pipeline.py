@@ -68,3 +68,24 @@ class Pipeline:
 
 
 __all__ = ["Pipeline", "MessageBuilder", "MessageOptions", "ReassemblyLimits"]
+
+
+def build_pipeline(cfg, rules, pure: bool = False) -> Pipeline:
+    """The pipeline the daemon runs, from a validated ``vxcap.config.Config`` and parsed ``Rules``."""
+    from vxcap.decode import Decoder, VniFilter
+    from vxcap.http import Limits
+
+    decoder = Decoder(
+        vxlan_port=cfg.vxlan_port, geneve_port=cfg.geneve_port, encap=cfg.encap,
+        vnis=VniFilter(include=frozenset(cfg.vnis_include or ()), exclude=frozenset(cfg.vnis_exclude or ())),
+        ports=frozenset(cfg.app_ports or ()), max_depth=cfg.decode_depth, pure=pure,
+    )
+    limits = ReassemblyLimits(
+        max_connections=cfg.max_connections, max_buffered=cfg.max_buffered_bytes,
+        max_conn_buffered=cfg.max_conn_buffered_bytes, gap_timeout=cfg.gap_timeout,
+        idle_timeout=cfg.idle_timeout, response_timeout=cfg.response_timeout,
+        http=Limits(max_header_bytes=cfg.max_header_bytes, body_limit=cfg.body_limit),
+    )
+    options = MessageOptions(host=cfg.host, body_limit=cfg.body_limit, realip_header=cfg.realip_header,
+                             custom_fields=frozenset(cfg.custom_fields or ()))
+    return Pipeline(decoder, MessageBuilder(options, rules), limits, frozenset(cfg.app_ports or ()))

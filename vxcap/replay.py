@@ -141,8 +141,8 @@ def format_summary(counters: dict, files: list[str], calls: int, seconds: float,
     return "\n".join(lines)
 
 
-def replay(args, out, progress: Progress) -> tuple[int, dict, list[str], int]:
-    """Run the files through the pipeline, writing lines to ``out`` (a callable taking a list of lines)."""
+def replay_batches(args, progress: Progress, result: dict):
+    """Yield the lines of each frame batch's completed calls; fill ``result`` (counters, errors) at the end."""
     from vxcap.capfile import CaptureError, open_capture
 
     pipeline, _ = make_pipeline(args)
@@ -162,19 +162,27 @@ def replay(args, out, progress: Progress) -> tuple[int, dict, list[str], int]:
             frames += len(batch)
             if lines:
                 calls += len(lines)
-                out(lines)
+                yield lines
             progress.update(path, frames, calls)
         if reader.error is not None:
             errors.append(str(reader.error))
     lines = pipeline.finish()
     if lines:
         calls += len(lines)
-        out(lines)
+        yield lines
     progress.update("done", frames, calls, force=True)
     progress.done()
     counters = pipeline.counters()
     counters["vni"] = pipeline.decoder.vni_stats()
-    return calls, counters, errors, frames
+    result.update(calls=calls, counters=counters, errors=errors, frames=frames)
+
+
+def replay(args, out, progress: Progress) -> tuple[int, dict, list[str], int]:
+    """Run the files through the pipeline, handing each batch's lines to ``out`` (a callable)."""
+    result: dict = {}
+    for lines in replay_batches(args, progress, result):
+        out(lines)
+    return result["calls"], result["counters"], result["errors"], result["frames"]
 
 
 def main(argv: list[str]) -> int:
@@ -234,17 +242,17 @@ def _replay_to_url(args, progress: Progress, t0: float) -> int:
     async def go():
         sink = make_sink(cfg)
         await sink.start()
-        pending: list[list[bytes]] = []
-
-        def out(lines):
-            pending.append(lines)
-
-        calls, counters, errors, _ = replay(args, out, progress)
-        for lines in pending:
-            await sink.put_many(lines)  # waits for room: a replay loses nothing to a full queue
-        await sink.close(timeout=None)
+        room = sink.queue_limits()["message_queue_size"]
+        result: dict = {}
+        for lines in replay_batches(args, progress, result):
+            # A replay waits for the collector instead of dropping: nothing is lost to a full queue.
+            for i in range(0, len(lines), room):
+                await sink.wait_for_room()
+                sink.submit_many(lines[i:i + room])
+        await sink.close(timeout=cfg.retry_budget + cfg.request_timeout)
+        counters = result["counters"]
         counters["sink"] = sink.counters()
-        return calls, counters, errors
+        return result["calls"], counters, result["errors"]
 
     calls, counters, errors = asyncio.run(go())
     sink = counters.pop("sink")
