@@ -355,3 +355,24 @@ def test_losing_one_segment_affects_only_its_message(resp_cuts, victim):
     first_touched = min(touched)
     assert got[:first_touched] == EXPECTED_EXCHANGE[:first_touched]
     assert len(got) >= 4 - 1
+
+
+def test_request_waiting_past_the_response_timeout_is_emitted_marked():
+    # A long-lived keep-alive connection where only the client side is captured (one-sided mirror).
+    f = Flow().handshake()
+    f.request(GET)
+    segs = list(f.segments)
+    later = Flow(client=("10.0.0.9", 5555)).handshake()
+    for _ in range(5):
+        later.t += 30 * 1_000_000_000
+        later.request(GET).response(OK)
+    limits = ReassemblyLimits(response_timeout=60, idle_timeout=1000)
+    calls = []
+    builder = MessageBuilder(MessageOptions(host="node"))
+    r = Reassembler(lambda conn, req, resp: calls.append(builder.details(conn, req, resp)), limits)
+    r.process(segs)
+    r.process(later.segments)
+    before_end = summary(calls)  # close_all() not called: the timer alone emitted it
+    assert before_end.count(call("GET", "http://h/a", incomplete="no_response")) == 1
+    assert before_end.count(call("GET", "http://h/a", 200, resp_body="ok")) == 5
+    assert r.counters()["requests_response_timeout"] == 1

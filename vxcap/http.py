@@ -751,6 +751,22 @@ class HttpConnection:
                 break  # a request sent before r may still be on its way: it would tell us more
             self.emit(self.info, reqs.popleft(), resps.popleft())
 
+    def expire_requests(self, deadline_ns: int) -> int:
+        """Emit, marked no_response, requests that started before ``deadline_ns`` and are still unanswered.
+
+        Resurface's sniffer silently drops halves unpaired after 2 minutes; an API-security team wants to
+        see a request that got no answer, so it is sent (marked) instead.
+        """
+        n = 0
+        reqs = self.requests
+        while reqs and not self.responses and reqs[0].done and reqs[0].ts_ns < deadline_ns:
+            req = reqs.popleft()
+            req.mark(NO_RESPONSE)
+            self.stats["requests_response_timeout"] += 1
+            self.emit(self.info, req, None)
+            n += 1
+        return n
+
     def _requests_seen_until(self, ack: int) -> bool:
         """Has the request side been parsed up to ``ack`` (everything the server had when it replied)?"""
         if self.force_responses:

@@ -141,6 +141,7 @@ class Reassembler:
         self.recently_closed: collections.OrderedDict[bytes, tuple] = collections.OrderedDict()
         self.now = 0  # capture clock: the latest timestamp seen
         self._next_sweep = 0
+        self._next_response_sweep = 0
 
     # ---- input ------------------------------------------------------------------------------------
     def process(self, segments) -> None:
@@ -418,6 +419,14 @@ class Reassembler:
                     if half.early and min(e[3] for e in half.early) <= stale:
                         self.stats["gap_timeouts"] += 1
                         self._drain(conn, d, half, force=True)
+        if now >= self._next_response_sweep:
+            # Every quarter of the response timeout: a full pass, cheap at that rate even at the
+            # connection limit, and no per-request bookkeeping on the per-call path.
+            self._next_response_sweep = now + limits.response_timeout_ns // 4
+            deadline = now - limits.response_timeout_ns
+            for conn in list(self.conns.values()):
+                if conn.http is not None and conn.http.requests:
+                    conn.http.expire_requests(deadline)
         idle = now - limits.idle_timeout_ns
         recent = self.recently_closed
         while recent and next(iter(recent.values()))[0] <= idle:
