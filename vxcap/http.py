@@ -95,7 +95,7 @@ class Limits:
 _SCAN = 0  # looking for a start line (mid-stream start, after a gap, after garbage)
 _HEADERS = 1  # at a message boundary: buffering the header block
 _BODY_LENGTH = 2  # Content-Length body: ``remaining`` bytes to go
-_BODY_CHUNKED = 3  # chunked body: our own framing scanner finds its end, llhttp de-chunks
+_BODY_CHUNKED = 3  # chunked body: ChunkScanner de-chunks it and finds its end
 _BODY_CLOSE = 4  # response body delimited by the end of the connection
 _DEAD = 5  # not HTTP/1.x any more (upgrade, tunnel, TLS, h2, non-HTTP): bytes ignored
 
@@ -104,22 +104,31 @@ _CH_SIZE, _CH_DATA, _CH_DATA_END, _CH_TRAILER = range(4)
 
 
 class ChunkScanner:
-    """Finds where a chunked body ends without copying it (llhttp does the de-chunking)."""
+    """De-chunks a chunked body (RFC 9112 7.1) and finds where it ends.
 
-    __slots__ = ("state", "remaining", "line")
+    llhttp parses only header blocks; bodies are ours, so that a gap inside a body costs only the lost
+    bytes (the framing is known, parsing goes on) instead of the rest of the connection.
+    """
+
+    __slots__ = ("state", "remaining", "line", "trailers")
 
     def __init__(self):
         self.state = _CH_SIZE
         self.remaining = 0
         self.line = b""
+        self.trailers: list[tuple[bytes, bytes]] = []
 
-    def scan(self, data: bytes, i: int) -> tuple[int, bool]:
-        """Consume framing from ``data[i:]``; return (index after what belongs to the body, body ended)."""
+    def scan(self, data: bytes, i: int, out) -> tuple[int, bool]:
+        """Consume ``data[i:]``, passing chunk data to ``out``; return (index after the body's bytes, ended).
+
+        Raises ValueError on framing that is not chunked encoding (the caller resynchronises).
+        """
         n = len(data)
         while i < n:
             st = self.state
             if st == _CH_DATA:
                 take = min(self.remaining, n - i)
+                out(data[i:i + take] if (i or take != n) else data)
                 i += take
                 self.remaining -= take
                 if self.remaining == 0:
@@ -136,7 +145,7 @@ class ChunkScanner:
             i = j + 1
             if st == _CH_SIZE:
                 size_text = line.split(b";", 1)[0].strip()
-                if not size_text or len(size_text) > 16:
+                if not size_text or len(size_text) > 15:  # 15 hex digits < 2**63: no overflow games
                     raise ValueError("invalid chunk size")
                 size = int(size_text, 16)  # ValueError on non-hex, as wanted
                 if size == 0:
@@ -145,11 +154,23 @@ class ChunkScanner:
                     self.remaining = size
                     self.state = _CH_DATA
             elif st == _CH_DATA_END:
+                if line not in (b"", b"\r"):
+                    raise ValueError("chunk data longer than its size")
                 self.state = _CH_SIZE
-            else:  # trailer section: ends at an empty line
+            else:  # trailer section (RFC 9112 7.1.2): field lines, then an empty line
                 if line in (b"", b"\r"):
                     return i, True
+                name, sep, value = line.partition(b":")
+                if sep and len(self.trailers) < 64:
+                    self.trailers.append((name.strip(), value.strip()))
         return i, False
+
+    def skip(self, nbytes: int) -> bool:
+        """``nbytes`` lost; True when they fell inside one chunk's data (the framing is still known)."""
+        if self.state == _CH_DATA and nbytes < self.remaining:
+            self.remaining -= nbytes
+            return True
+        return False
 
 
 # Methods llhttp knows whose requests are framed like any other (not CONNECT): an unknown extension
@@ -218,7 +239,8 @@ class HalfParser:
     def on_header(self, name: bytes, value: bytes) -> None:
         self.msg.headers.append((name, value))
 
-    def on_body(self, body: bytes) -> None:
+    def _body(self, body: bytes) -> None:
+        """Keep body bytes up to the body limit; past it the message is marked cut."""
         msg = self.msg
         room = self.limits.body_limit - msg.body_size
         if room <= 0:
@@ -260,28 +282,34 @@ class HalfParser:
                 seq = self.rest_seq
             elif st == _BODY_LENGTH:
                 n = self.remaining
-                part = data if len(data) <= n else data[:n]
-                data = data[len(part):]
-                seq = (seq + len(part)) & 0xFFFFFFFF
-                self.remaining = n - len(part)
-                if self._feed_body(part) and self.remaining == 0:
-                    self._finish()
-                    self.buf_ts = ts_ns
+                if len(data) <= n:
+                    self._body(data)
+                    self.remaining = n - len(data)
+                    if self.remaining == 0:
+                        self._finish()
+                    return
+                self._body(data[:n])
+                data = data[n:]
+                seq = (seq + n) & 0xFFFFFFFF
+                self.remaining = 0
+                self._finish()
+                self.buf_ts = ts_ns
             elif st == _BODY_CHUNKED:
                 try:
-                    end, done = self.chunks.scan(data, 0)
+                    end, done = self.chunks.scan(data, 0, self._body)
                 except ValueError:
                     self.stats["http_parse_errors"] += 1
                     self._abort(GAP)
                     continue  # resynchronise on these same bytes
-                part = data[:end] if end < len(data) else data
+                if not done:
+                    return
+                self.msg.headers.extend(self.chunks.trailers)
                 data = data[end:]
-                seq = (seq + len(part)) & 0xFFFFFFFF
-                if self._feed_body(part) and done:
-                    self._finish()
-                    self.buf_ts = ts_ns
+                seq = (seq + end) & 0xFFFFFFFF
+                self._finish()
+                self.buf_ts = ts_ns
             elif st == _BODY_CLOSE:
-                self._feed_body(data)
+                self._body(data)
                 return
             else:  # _DEAD
                 self.stats["bytes_ignored"] += len(data)
@@ -292,12 +320,30 @@ class HalfParser:
         self.end_seq = (self.end_seq + nbytes) & 0xFFFFFFFF
         if self.state == _DEAD:
             return
+        msg = self.msg
+        st = self.state
+        if msg is not None:
+            # Inside a body whose framing we know, a gap costs only the lost bytes: the message keeps
+            # its boundary (marked), and nothing after it is lost.
+            if (st == _BODY_LENGTH and nbytes < self.remaining) or st == _BODY_CLOSE or (
+                    st == _BODY_CHUNKED and self.chunks.skip(nbytes)):
+                if st == _BODY_LENGTH:
+                    self.remaining -= nbytes
+                msg.mark(GAP)
+                self.stats["body_gaps_bridged"] += 1
+                return
+            if st == _BODY_LENGTH and nbytes == self.remaining:
+                msg.mark(GAP)
+                self.remaining = 0
+                self.stats["body_gaps_bridged"] += 1
+                self._finish()
+                return
         if self.is_request:
             self.conn.request_lost()
-        if self.msg is not None:
-            self.msg.mark(GAP)
+        if msg is not None:
+            msg.mark(GAP)
             self._emit_partial()
-        elif self.buf and self.state == _HEADERS:
+        elif self.buf and st == _HEADERS:
             self.stats["http_headers_lost"] += 1
         self.buf = b""
         self.parser = None
@@ -329,9 +375,11 @@ class HalfParser:
     def _new_parser(self):
         self.parser = (httptools.HttpRequestParser if self.is_request else httptools.HttpResponseParser)(self)
         # Be as lenient as the servers we watch: a bare LF ends a line (RFC 9112 2.2 allows recipients to
-        # accept it), and spaces after a chunk size occur in the wild.
+        # accept it), spaces after a chunk size occur in the wild, and an observer must keep parsing what
+        # follows a message that said "Connection: close" (or was HTTP/1.0): the peers evidently did.
         self.parser.set_dangerous_leniencies(
-            lenient_optional_cr_before_lf=True, lenient_spaces_after_chunk_size=True
+            lenient_optional_cr_before_lf=True, lenient_spaces_after_chunk_size=True,
+            lenient_data_after_close=True, lenient_keep_alive=True,
         )
 
     def _scan(self) -> bytes:
@@ -519,6 +567,8 @@ class HalfParser:
                 te = value
             elif lname == b"content-length":
                 cl = value
+        # The body is ours from here: llhttp sits mid-message, so the next message gets a fresh parser.
+        self.parser = None
         if te is not None and te.lower().rstrip().endswith(b"chunked"):
             self.chunks = ChunkScanner()
             self.state = _BODY_CHUNKED
@@ -539,16 +589,6 @@ class HalfParser:
         else:
             self.state = _BODY_CLOSE
         return rest
-
-    def _feed_body(self, data: bytes) -> bool:
-        """Body bytes to llhttp (it de-chunks); False when it rejected them and we resynchronise."""
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserError:
-            self.stats["http_parse_errors"] += 1
-            self._abort(GAP)
-            return False
-        return True
 
     def _abort(self, reason: str) -> None:
         if self.msg is not None:
