@@ -9,6 +9,7 @@ Text that is not valid UTF-8 is decoded with replacement characters, as Resurfac
 from __future__ import annotations
 
 import collections
+import ipaddress
 import socket
 import zlib
 from urllib.parse import parse_qsl
@@ -25,6 +26,8 @@ from vxcap.http import CUT, NO_RESPONSE, Message
 INCOMPLETE_KEY = "custom_field:vxcap_incomplete"
 
 _SKIP_HEADERS = frozenset((b"host", b"transfer-encoding"))
+_HOST = "host"  # sentinels of the header-name cache (compared by identity)
+_SKIP = "skip"
 
 
 class MessageOptions:
@@ -119,6 +122,11 @@ def _zlib(raw: bytes, wbits: int, limit: int):
 
 def _target_parts(target: bytes) -> tuple[str, str, str | None]:
     """(path, query, host from an absolute-form target) of a request-target (RFC 9112 3.2)."""
+    if target[:1] == b"/":  # origin-form, nearly always
+        path, _, query = target.partition(b"?")
+        if b"#" in query:
+            query = query.split(b"#", 1)[0]
+        return path.decode("utf-8", "replace"), query.decode("utf-8", "replace"), None
     t = _text(target)
     host = None
     lower = t[:8].lower()
@@ -134,6 +142,14 @@ def _target_parts(target: bytes) -> tuple[str, str, str | None]:
     return path, query, host
 
 
+def _url(host: str, path: str) -> str:
+    if path.startswith("/"):
+        return f"http://{host}{path}"
+    if not path or path == "*":  # asterisk-form (RFC 9112 3.2.4): the origin itself
+        return f"http://{host}"
+    return f"http://{host}/{path}"
+
+
 def _url_host(addr: str, port: int) -> str:
     a = f"[{addr}]" if ":" in addr else addr
     return a if port == 80 else f"{a}:{port}"
@@ -146,6 +162,8 @@ class MessageBuilder:
         self.options = options
         self.rules = rules
         self.stats = collections.Counter()
+        self._req_keys: dict[bytes, str] = {}
+        self._resp_keys: dict[bytes, str] = {}
 
     def details(self, conn, req: Message | None, resp: Message | None) -> list[list[str]]:
         opts = self.options
@@ -157,23 +175,26 @@ class MessageBuilder:
         if req is not None:
             path, query, host = _target_parts(req.target)
             req_headers = []
+            keys = self._req_keys
             for name, value in req.headers:
-                lname = name.lower()
-                if lname == b"host":
+                key = keys.get(name)
+                if key is None:
+                    key = self._key(keys, "request_header:", name)
+                if key is _HOST:
                     if host is None:
-                        host = _text(value).strip()
+                        host = value.decode("utf-8", "replace").strip()
                     continue
-                if lname in _SKIP_HEADERS:
+                if key is _SKIP:
                     continue
-                v = _text(value)
-                if lname == b"cookie":
+                v = value.decode("utf-8", "replace")
+                if key == "request_header:cookie":
                     cookies.append(v)
-                req_headers.append([f"request_header:{lname.decode('latin-1')}", v])
+                req_headers.append([key, v])
             if not host:
                 addr, port = conn.server()
                 host = _url_host(addr, port)
             out.append(["request_method", req.method])
-            out.append(["request_url", f"http://{host}{path}" if path.startswith("/") or not path else f"http://{host}/{path}" if path != "*" else f"http://{host}"])
+            out.append(["request_url", _url(host, path)])
             if resp is not None:
                 out.append(["response_code", str(resp.status)])
             if query:
@@ -182,20 +203,25 @@ class MessageBuilder:
             if opts.realip_header:
                 out.append([f"request_header:{opts.realip_header}", conn.client()[0]])
             out.extend(req_headers)
-            body = decode_body(req, opts.body_limit, stats)
-            if body:
-                out.append(["request_body", body])
+            if req.body:
+                body = decode_body(req, opts.body_limit, stats)
+                if body:
+                    out.append(["request_body", body])
             for reason in req.incomplete:
                 incomplete.append(reason if reason == NO_RESPONSE else f"request_{reason}")
         if resp is not None:
+            keys = self._resp_keys
             for name, value in resp.headers:
-                lname = name.lower()
-                if lname in _SKIP_HEADERS:
+                key = keys.get(name)
+                if key is None:
+                    key = self._key(keys, "response_header:", name)
+                if key is _SKIP or key is _HOST:
                     continue
-                out.append([f"response_header:{lname.decode('latin-1')}", _text(value)])
-            body = decode_body(resp, opts.body_limit, stats)
-            if body:
-                out.append(["response_body", body])
+                out.append([key, value.decode("utf-8", "replace")])
+            if resp.body:
+                body = decode_body(resp, opts.body_limit, stats)
+                if body:
+                    out.append(["response_body", body])
             for reason in resp.incomplete:
                 incomplete.append(f"response_{reason}")
         if cookies and self.rules is not None:
@@ -203,8 +229,6 @@ class MessageBuilder:
         if opts.custom_vni and conn.vni is not None:
             out.append(["custom_field:vni", str(conn.vni)])
         if opts.custom_mirror_source and conn.tunnel_src:
-            import ipaddress
-
             out.append(["custom_field:mirror_source", str(ipaddress.ip_address(conn.tunnel_src))])
         if incomplete:
             out.append([INCOMPLETE_KEY, ",".join(dict.fromkeys(incomplete))])
@@ -215,6 +239,21 @@ class MessageBuilder:
         out.append(["interval", str(interval if interval > 0 else 1)])
         out.append(["host", opts.host])
         return out
+
+    @staticmethod
+    def _key(cache: dict, prefix: str, name: bytes) -> str:
+        """The detail key for a raw header name (lower-cased, RFC 9110 5.1), remembered: names repeat."""
+        lname = name.lower()
+        if lname == b"host":
+            key = _HOST
+        elif lname in _SKIP_HEADERS:
+            key = _SKIP
+        else:
+            key = prefix + lname.decode("latin-1")
+        if len(cache) >= 4096:  # bounded: a header-name flood cannot grow it
+            cache.clear()
+        cache[name] = key
+        return key
 
     def build(self, conn, req: Message | None, resp: Message | None) -> bytes | None:
         """The NDJSON line (no newline) for one call, or None when the rules dropped it."""
