@@ -111,6 +111,7 @@ BAD = [
     ("VXCAP_LOG_LEVEL", "trace", "VXCAP_LOG_LEVEL='trace': expected one of debug, info, warning or error"),
     ("VXCAP_LOG_FORMAT", "xml", "VXCAP_LOG_FORMAT='xml': expected json or text"),
     ("VXCAP_SHUTDOWN_TIMEOUT", "forever", "VXCAP_SHUTDOWN_TIMEOUT='forever': expected a number of seconds from 0 to 3600"),
+    ("VXCAP_RELOAD_FILE", "relative/path.env", "VXCAP_RELOAD_FILE='relative/path.env': expected an absolute path"),
     ("VXCAP_CUSTOM_FIELDS", "vni,pod", "VXCAP_CUSTOM_FIELDS='vni,pod': expected a comma-separated list of: vni, mirror_source"),
     ("VXCAP_DECODE_DEPTH", "0", "VXCAP_DECODE_DEPTH='0': expected an integer from 1 to 16"),
     ("VXCAP_DECODE_DEPTH", "17", "VXCAP_DECODE_DEPTH='17': expected an integer from 1 to 16"),

@@ -156,6 +156,7 @@ class Config:
     log_level: str = "info"
     log_format: str = "json"
     shutdown_timeout: float = 20.0
+    reload_file: str | None = None
     custom_fields: frozenset[str] = frozenset()
     decode_depth: int = 4
     # what load_config noticed but did not refuse: unknown VXCAP_* names, malformed ignorable variables
@@ -430,6 +431,19 @@ class Directory(Parser):
         return s
 
 
+class AbsPath(Parser):
+    kind = "path"
+    expected = "an absolute path"
+
+    def parse(self, raw: str) -> str | None:
+        s = raw.strip()
+        if not s:
+            return None
+        if not os.path.isabs(s):
+            raise _Invalid
+        return s
+
+
 class CaFile(Parser):
     kind = "path"
     expected = "a readable PEM file of CA certificates"
@@ -526,7 +540,7 @@ OPTIONS: tuple[Option, ...] = (
     _o("USAGE_LOGGERS_RULES", "rules_text", Rules(),
        "Logging rules; real newlines and literal `\\n` both separate rules; `file://PATH` loads a file. "
        "Empty: the `strict` set.", R, empty_is_default=False, default_doc="(strict)"),
-    _o("USAGE_LOGGERS_DISABLE", "disabled", Bool(), "`true` turns submission off (capture still runs).", R),
+    _o("USAGE_LOGGERS_DISABLE", "disabled", Bool(), "`true` turns capture off (the pod stays up and ready).", R),
     _o("USAGE_LOGGERS_BUNDLE_SIZE", "bundle_size", Size(1 * KiB, 1 * GiB),
        "Largest NDJSON batch sent in one POST (before compression).", R),
     _o("USAGE_LOGGERS_MESSAGE_QUEUE_SIZE", "message_queue_size", Int(1, 1_000_000),
@@ -612,6 +626,9 @@ OPTIONS: tuple[Option, ...] = (
     _o("VXCAP_SHUTDOWN_TIMEOUT", "shutdown_timeout", Seconds(0, 3600),
        "After SIGTERM, time to flush batches before exiting; keep below the pod's "
        "terminationGracePeriodSeconds (30 by default).", V),
+    _o("VXCAP_RELOAD_FILE", "reload_file", AbsPath(),
+       "File of NAME=value lines (SNIFFER_MIRROR_VNIS, APP_PORTS, USAGE_LOGGERS_RULES) overriding the "
+       "environment; re-read on SIGHUP (docs/operations.md).", V, default_doc="(none)"),
     _o("VXCAP_CUSTOM_FIELDS", "custom_fields", FieldList(*CUSTOM_FIELDS),
        "Opt-in `custom_field:` details: `vni` (mirror session), `mirror_source` (outer source address).",
        V, default_doc="(none)"),
