@@ -207,7 +207,7 @@ class HalfParser:
 
     __slots__ = (
         "conn", "is_request", "state", "buf", "buf_ts", "parser", "msg", "remaining", "chunks",
-        "stats", "limits", "_complete", "held", "held_bytes", "eof_pending", "buf_seq", "buf_ack", "rest_seq",
+        "stats", "limits", "_complete", "held", "held_bytes", "eof_pending", "_salvaging", "buf_seq", "buf_ack", "rest_seq",
         "end_seq",
     )
 
@@ -228,6 +228,7 @@ class HalfParser:
         self.stats = conn.stats
         self.limits = conn.limits
         self._complete = False
+        self._salvaging = False  # parsing a header block a gap cut short (see _salvage)
         self.held: list[tuple[bytes, int]] | None = None  # chunks held while deferred
         self.held_bytes = 0
         self.eof_pending = False  # eof() arrived while held: run it after the held bytes
@@ -278,6 +279,10 @@ class HalfParser:
                     self.buf = data
                 else:
                     self.buf += data
+                    if ts_ns < self.buf_ts:
+                        # A mirror reorders: the message started when its first byte was captured,
+                        # whichever segment that came in.
+                        self.buf_ts = ts_ns
                 data = self._take_headers() if st == _HEADERS else self._scan()
                 seq = self.rest_seq
             elif st == _BODY_LENGTH:
@@ -343,7 +348,7 @@ class HalfParser:
         if msg is not None:
             msg.mark(GAP)
             self._emit_partial()
-        elif self.buf and st == _HEADERS:
+        elif self.buf and st == _HEADERS and not self._salvage():
             self.stats["http_headers_lost"] += 1
         self.buf = b""
         self.parser = None
@@ -366,7 +371,7 @@ class HalfParser:
         elif self.msg is not None:
             self.msg.mark(EOF)
             self._emit_partial()
-        elif self.buf and self.state == _HEADERS and self.buf.strip(b"\r\n"):
+        elif self.buf and self.state == _HEADERS and self.buf.strip(b"\r\n") and not self._salvage():
             self.stats["http_headers_lost"] += 1
         self.buf = b""
         self.state = _DEAD
@@ -463,6 +468,8 @@ class HalfParser:
                 target, _, version = rest_of_line.rpartition(b" ")
                 block = method + b" " + target.replace(b" ", b"%20") + b" " + version + block[line_end:]
         msg = self.msg = Message(self.is_request, self.buf_ts)
+        if self._salvaging:
+            msg.mark(GAP)
         msg.seq = self.buf_seq
         msg.ack = self.buf_ack
         if self.parser is None:
@@ -589,6 +596,30 @@ class HalfParser:
         else:
             self.state = _BODY_CLOSE
         return rest
+
+    def _salvage(self) -> bool:
+        """A gap or the end cut a header block short: keep the start line and the whole header lines.
+
+        A mirror session with a packet length (say 256 bytes) cuts every packet, so most header blocks
+        never complete; their method, URL, status and first headers are still worth a (marked) call.
+        """
+        if self.is_request is None or self.held is not None:
+            return False
+        buf = self.buf.lstrip(b"\r\n")
+        cut = buf.rfind(b"\n")
+        if cut < 0 or not _HTTP_START.match(buf):
+            return False
+        block = buf[:cut + 1]
+        self.buf = block + (b"\r\n" if block.endswith(b"\r\n") else b"\n")
+        self._salvaging = True
+        try:
+            self._take_headers()
+        finally:
+            self._salvaging = False
+        if self.msg is not None:  # a body was announced, and none of it is known
+            self._emit_partial()
+        self.stats["headers_salvaged"] += 1
+        return True
 
     def _abort(self, reason: str) -> None:
         if self.msg is not None:

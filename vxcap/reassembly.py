@@ -270,9 +270,15 @@ class Reassembler:
             else:
                 missing -= cut - len(payload)
                 payload = b""
-        self._deliver(conn, d, half, payload, missing, ts, ack)
         if half.early:
+            # This segment fills a hole that later bytes waited behind: it was sent before them, so it
+            # takes the earliest of their capture times (a mirror delayed it; message start times and
+            # intervals must not inherit that delay).
+            ts = min(ts, min(e[3] for e in half.early))
+            self._deliver(conn, d, half, payload, missing, ts, ack)
             self._drain(conn, d, half, force=False)
+        else:
+            self._deliver(conn, d, half, payload, missing, ts, ack)
 
     def _deliver(self, conn: Conn, d: int, half: Half, payload: bytes, missing: int, ts: int, ack: int) -> None:
         h = conn.http or self._http(conn)
