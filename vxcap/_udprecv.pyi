@@ -1,0 +1,9 @@
+"""Type stubs for the batched UDP receiver (src_c/udprecv.pyx)."""
+from vxcap._decode import Decoder, Segment
+
+COUNTER_NAMES: tuple[str, ...]
+
+class UdpReceiver:
+    def __init__(self, fd: int, port: int, batch: int = ..., max_batches: int = ...) -> None: ...
+    def poll(self, decoder: Decoder) -> list[Segment]: ...
+    def counters(self) -> dict[str, int]: ...
