@@ -33,10 +33,25 @@ for pyx in sorted(glob.glob("src_c/*.pyx")):
         )
     )
 
+# The per-call path (reassembly, HTTP framing, message building) is written in Python and compiled by Cython
+# with C types from augmenting declarations in src_c/vxcap/NAME.pxd ("pure Python mode"): one source, which
+# also runs uncompiled as the readable twin (VXCAP_PURE_PYTHON=1 loads the .py files, see vxcap/__init__.py).
+for name in ("http", "reassembly", "message"):
+    extensions.append(
+        Extension(
+            f"vxcap.{name}",
+            [f"vxcap/{name}.py"],
+            include_dirs=["src_c"],
+            extra_compile_args=["-O2"] + ([] if DEBUG else ["-DNDEBUG"]),
+        )
+    )
+
 setup(
     ext_modules=cythonize(
         extensions,
-        compiler_directives=directives,
+        # Type annotations in the .py modules are documentation for Python readers; the C types come from
+        # the augmenting .pxd files only.
+        compiler_directives={**directives, "annotation_typing": False},
         include_path=["src_c"],
         build_dir="build/cython",
     ),

@@ -274,7 +274,9 @@ class Reassembler:
             # This segment fills a hole that later bytes waited behind: it was sent before them, so it
             # takes the earliest of their capture times (a mirror delayed it; message start times and
             # intervals must not inherit that delay).
-            ts = min(ts, min(e[3] for e in half.early))
+            for e in half.early:
+                if e[3] < ts:
+                    ts = e[3]
             self._deliver(conn, d, half, payload, missing, ts, ack)
             self._drain(conn, d, half, force=False)
         else:
