@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from vxcap.capfile import open_capture
 from vxcap.config import Config
-from vxcap.daemon import snapshot_from_flat
+from vxcap.daemon import sink_latency, snapshot_from_flat
 from vxcap.capture import flatten
 from vxcap.metrics import CALL_DROP_REASONS, DECODE_ERROR_REASONS, MetricsServer, make_registry, render
 from vxcap.pipeline import build_pipeline
@@ -70,7 +70,9 @@ async def sample_snapshot() -> tuple[dict, int]:
         for vni, (fr, by) in pipeline.decoder.vni_stats().items():
             flat[f"vni.{vni}.frames"] = fr
             flat[f"vni.{vni}.bytes"] = by
-        return snapshot_from_flat(flat), col.message_count
+        snap = snapshot_from_flat(flat)
+        snap["sink_latency"] = sink_latency(snap["sink"])
+        return snap, col.message_count
 
 
 def test_exposition_parses_and_counts_what_happened(arun):
@@ -86,6 +88,9 @@ def test_exposition_parses_and_counts_what_happened(arun):
     assert value(fams, "vxcap_connections_opened") == 4  # two keep-alive, one pipelined, one IPv6
     assert value(fams, "vxcap_connections_active") == 0  # finish() flushed them
     assert value(fams, "vxcap_sink_batches_sent") >= 1
+    hist = fams["vxcap_sink_post_seconds"]
+    count = [x.value for x in hist.samples if x.name.endswith("_count")]
+    assert count == [value(fams, "vxcap_sink_batches_sent")]  # every POST observed once
     assert value(fams, "vxcap_sink_bytes_raw") > value(fams, "vxcap_sink_bytes_sent") > 0
     # One label value per reason, present at zero too (alerts can rely on the series existing).
     assert {s.labels["reason"] for s in fams["vxcap_decode_errors"].samples} == set(DECODE_ERROR_REASONS)

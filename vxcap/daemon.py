@@ -260,6 +260,18 @@ class CaptureUnit:
         return dict(out)
 
 
+def sink_latency(sink: dict[str, int]):
+    """The POST latency histogram (bounds, cumulative counts + total, sum of seconds) from the sink's
+    counters, or None before the first POST."""
+    from vxcap.sink import POST_LATENCY_BOUNDS
+
+    total = sink.get("post_seconds_count", 0)
+    if not total:
+        return None
+    counts = [sink.get(f"post_seconds_le_{b:g}", 0) for b in POST_LATENCY_BOUNDS] + [total]
+    return POST_LATENCY_BOUNDS, counts, sink.get("post_seconds_sum_us", 0) / 1e6
+
+
 def snapshot_from_flat(flat: dict[str, int]) -> dict[str, Any]:
     """vxcap.metrics' snapshot from flat counters (one worker's, or the Supervisor's sums)."""
     snap: dict[str, Any] = {k: {} for k in ("decode", "capture", "reassembly", "messages", "rules", "sink",
@@ -323,6 +335,7 @@ class Daemon:
         d["sink_healthy"] = 1 if self._sink_healthy(flat) else 0
         d["ready"] = 1 if self.readiness()[0] else 0
         snap["sink"]["internal_errors"] = snap["sink"].get("internal_errors", 0) + self._n["internal_errors"]
+        snap["sink_latency"] = sink_latency(snap["sink"])
         return snap
 
     def _workers_running(self, flat: dict[str, int]) -> int:

@@ -78,7 +78,7 @@ CALL_DROP_REASONS = ("rules", "sample", "limits", *_SINK_DROPS)
 
 # Default POST latency buckets (seconds) when the sink reports none of its own: a healthy in-cluster POST of
 # a batch takes milliseconds, a saturated database seconds, request_timeout is 30 s.
-LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+from vxcap.sink import POST_LATENCY_BOUNDS as LATENCY_BUCKETS  # noqa: E402 - one definition, in the sink
 
 
 class _Families:
@@ -280,7 +280,7 @@ class VxcapCollector:
         for stage in ("capture", "decode", "reassembly", "messages", "rules", "sink"):
             used = f.used.get(stage, set())
             for key, value in sorted(f.part(stage).items()):
-                if key not in used and isinstance(value, (int, float)) and not key.startswith("peak_"):
+                if key not in used and isinstance(value, (int, float)) and not key.startswith(("peak_", "post_seconds_")):
                     m.add_metric([stage, key], value)
         f.out.append(m)
 

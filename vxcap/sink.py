@@ -27,6 +27,7 @@ import math
 import os
 import random
 import ssl
+import time
 import sys
 import zlib
 from dataclasses import dataclass
@@ -210,6 +211,10 @@ _COUNTERS = (
     "dropped_io_error",
     "spool_written", "spool_sent", "saturated_pauses", "internal_errors",
 )
+# Upper bounds (seconds) of the POST latency histogram; exported by vxcap.metrics as vxcap_sink_post_seconds.
+POST_LATENCY_BOUNDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_COUNTERS += tuple(f"post_seconds_le_{b:g}" for b in POST_LATENCY_BOUNDS) + ("post_seconds_count",
+                                                                               "post_seconds_sum_us")
 
 
 class _BatchingSink:
@@ -661,6 +666,7 @@ class ResurfaceSink(_BatchingSink):
         """One POST; returns _OK, _RETRY or _REJECT and counts the failure."""
         headers = self._headers_z if compressed else self._headers_raw
         async with self._sem:
+            started = time.monotonic()
             try:
                 async with self._session.post(self._url, data=body, headers=headers,
                                               timeout=self._timeout) as resp:
@@ -669,6 +675,7 @@ class ResurfaceSink(_BatchingSink):
                     text = b"" if status == 204 else await resp.content.read(300)
                     if status == 204:
                         await resp.read()
+                self._observe(time.monotonic() - started)
             except asyncio.TimeoutError:
                 return self._failed("failures_timeout", "timeout",
                                     f"no answer within request_timeout {self.cfg.request_timeout:g}s")
@@ -695,6 +702,17 @@ class ResurfaceSink(_BatchingSink):
         self._log_once(key, logging.ERROR, "sink: collector rejected a batch with %d (%s); not retried, "
                        "counted as dropped_rejected", status, snippet)
         return _REJECT
+
+    def _observe(self, seconds: float) -> None:
+        """POST latency (connect to response), in the buckets of vxcap.metrics.LATENCY_BUCKETS; kept as
+        counters (post_seconds_le_<bound>, post_seconds_sum_us, post_seconds_count) so worker processes'
+        histograms add up in the parent like every other counter."""
+        n = self._n
+        for b in POST_LATENCY_BOUNDS:
+            if seconds <= b:
+                n[f"post_seconds_le_{b:g}"] += 1
+        n["post_seconds_count"] += 1
+        n["post_seconds_sum_us"] += int(seconds * 1e6)
 
     def _failed(self, counter: str, kind: str, detail: str) -> str:
         self._n[counter] += 1
