@@ -1,6 +1,6 @@
 """Throughput of the logging rules: one iteration is ``Rules.apply`` on one message.
 
-    python benchmarks/bench_rules.py [--n 100000] [--repeat 3] [--seed 7]
+    python benchmarks/bench_rules.py [--n 100000] [--repeat 3] [--seed 7] [--engine both|native|pure]
 
 Messages look like real calls (SPEC section 2): method, URL with query and path parameters, 6 to 10
 request and response headers drawn from a pool of common and custom names, query parameters, JSON request
@@ -11,10 +11,17 @@ and the number of messages dropped, compared with a reference computed once by a
 line-by-line transcription of logger-java's HttpRules.apply (``reference_apply`` below). A "floor" figure
 (the cheapest possible per-message pass) is printed first, and each figure's ratio to it. The last line is
 the results as JSON.
+
+Each set runs on both engines in the same run (``--engine both``, the default): the native one
+(``vxcap._rules``, what ``Rules.parse`` returns) and the pure-Python twin (``pure=True``), their runs
+alternated so that a busy machine slows both alike, and the native/pure ratio printed. Both the wall-clock
+and the CPU-time figure (``time.process_time``: this process's one core, whatever else the machine runs)
+are kept; each is the best of --repeat runs. The check also requires both engines' outputs to be equal.
 """
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import pathlib
 import random
@@ -25,6 +32,7 @@ import time
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 from vxcap.rules import Rules  # noqa: E402
+from vxcap.rules_select import NativeRules  # noqa: E402
 
 CUSTOM = r"""
 # a realistic custom set: strict-ish, but keep ids and auth scheme, mask tokens, drop health checks
@@ -122,12 +130,29 @@ def summary(results: list[list[list[str]] | None]) -> tuple[int, int]:
     return sum(len(r) for r in results if r is not None), sum(r is None for r in results)
 
 
+def _time(rules_text: str, pure: bool, messages: list[list[list[str]]]) -> tuple[float, float, list]:
+    """One timed pass over every message on a freshly parsed engine (a fresh memo: the figure includes
+    warming it up): wall seconds, CPU seconds, the results."""
+    rules = Rules.parse(rules_text, pure=pure)
+    apply = rules.apply
+    gc.collect()  # the previous run's garbage is not this run's to collect
+    w0, c0 = time.perf_counter(), time.process_time()
+    results = [apply(m) for m in messages]
+    return time.perf_counter() - w0, time.process_time() - c0, results
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=100_000)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--engine", choices=["both", "native", "pure"], default="both")
     args = ap.parse_args(argv)
+    engines = {"both": ["native", "pure"], "native": ["native"], "pure": ["pure"]}[args.engine]
+    if "native" in engines and not isinstance(Rules.parse("", pure=False), NativeRules):
+        print("the native engine is not built (python setup.py build_ext --inplace) or VXCAP_PURE_PYTHON is set",
+              file=sys.stderr)
+        return 2
     rng = random.Random(args.seed)
     messages = [make_message(rng) for _ in range(args.n)]
     details = sum(map(len, messages))
@@ -140,26 +165,46 @@ def main(argv: list[str] | None = None) -> int:
         [[d for d in m if d[1]] for m in messages]
         floor = min(floor, time.perf_counter() - t0)
     print(f"{'floor':<9} {args.n / floor:>12,.0f} messages/s   (a list comprehension dropping empty values)")
-    out: dict[str, dict[str, float | int | bool]] = {"floor": {"messages_per_s": round(args.n / floor)}}
+    out: dict[str, dict] = {"floor": {"messages_per_s": round(args.n / floor)}}
     ok_all = True
     for name, text in RULE_SETS.items():
-        rules = Rules.parse(text)
-        expected = summary([reference_apply(rules, m) for m in messages])
-        best = float("inf")
+        expected = summary([reference_apply(Rules.parse(text, pure=True), m) for m in messages])
+        wall = {e: float("inf") for e in engines}
+        cpu = dict(wall)
+        results: dict[str, list] = {}
         for _ in range(args.repeat):
-            rules = Rules.parse(text)  # a fresh memo each run: the figure includes warming it up
-            apply = rules.apply
-            t0 = time.perf_counter()
-            results = [apply(m) for m in messages]
-            best = min(best, time.perf_counter() - t0)
-        got = summary(results)
-        ok = got == expected
+            for engine in engines:  # alternated: a burst of load elsewhere hits both engines alike
+                w, c, results[engine] = _time(text, engine == "pure", messages)
+                wall[engine], cpu[engine] = min(wall[engine], w), min(cpu[engine], c)
+        got = {e: summary(r) for e, r in results.items()}
+        same = len(engines) == 1 or results["native"] == results["pure"]
+        ok = same and all(g == expected for g in got.values())
         ok_all &= ok
-        rate = args.n / best
-        print(f"{name:<9} {rate:>12,.0f} messages/s ({floor / best:4.0%} of floor)  surviving details {got[0]:>9,} dropped {got[1]:>7,}"
-              f"   reference {expected[0]:,}/{expected[1]:,} {'OK' if ok else 'MISMATCH'}")
-        out[name] = {"messages_per_s": round(rate), "of_floor": round(floor / best, 3), "details_out": got[0], "dropped": got[1], "correct": ok}
-    print(json.dumps({"bench": "rules", "n": args.n, "details_per_message": round(details / args.n, 2), "results": out}))
+        del results
+        row: dict[str, float | int | bool] = {}
+        wall_col, cpu_col = [], []
+        for engine in engines:
+            rate, rate_cpu = args.n / wall[engine], args.n / cpu[engine]
+            wall_col.append(f"{engine} {rate:>9,.0f}")
+            cpu_col.append(f"{rate_cpu:>9,.0f}")
+            row[f"{engine}_messages_per_s"] = round(rate)
+            row[f"{engine}_cpu_messages_per_s"] = round(rate_cpu)
+            row[f"{engine}_of_floor"] = round(floor / wall[engine], 3)
+        if len(engines) == 2:
+            ratio, ratio_cpu = wall["pure"] / wall["native"], cpu["pure"] / cpu["native"]
+            wall_col.append(f"x{ratio:.2f}")
+            cpu_col.append(f"x{ratio_cpu:.2f}")
+            row["native_over_pure"] = round(ratio, 2)
+            row["native_over_pure_cpu"] = round(ratio_cpu, 2)
+        g = got[engines[0]]
+        print(f"{name:<9} {'  '.join(wall_col)} messages/s  (cpu {' '.join(cpu_col)}; "
+              f"{floor / wall[engines[0]]:4.0%} of floor)  out {g[0]:,}/{g[1]:,} ref {expected[0]:,}/{expected[1]:,}"
+              f"{'' if len(engines) == 1 else ' native==pure'} {'OK' if ok else 'MISMATCH'}")
+        row["messages_per_s"] = row[f"{engines[0]}_messages_per_s"]  # what Rules.parse gives (earlier runs' key)
+        row.update({"details_out": g[0], "dropped": g[1], "correct": ok})
+        out[name] = row
+    print(json.dumps({"bench": "rules", "n": args.n, "details_per_message": round(details / args.n, 2),
+                      "engines": engines, "results": out}))
     return 0 if ok_all else 1
 
 

@@ -879,8 +879,12 @@ class Rules:
         self._n_empty = 0
 
     @classmethod
-    def parse(cls, text: str | None, *, rng: random.Random | None = None) -> "Rules":
-        """Parse a rules text (None or blank: ``include default``); raises RulesError with Java's text."""
+    def parse(cls, text: str | None, *, rng: random.Random | None = None, pure: bool = False) -> "Rules":
+        """Parse a rules text (None or blank: ``include default``); raises RulesError with Java's text.
+
+        ``Rules.parse`` returns the native engine (``vxcap.rules_select.NativeRules``, same results) unless
+        ``pure=True``, ``VXCAP_PURE_PYTHON=1`` or the extension is not built; subclasses get themselves.
+        """
         expanded = _load_text(text)
         parsed: list[_Rule] = []
         for line in _LINE_SPLIT.split(expanded):
@@ -888,12 +892,17 @@ class Rules:
             if rule is not None:
                 parsed.append(rule)
         shown = "\n".join(r.line.strip(_JAVA_TRIM) for r in parsed)
+        if cls is Rules:
+            from vxcap.rules_select import rules_class  # imports this module: deferred to the first parse
+
+            cls = rules_class(pure)
         return cls(parsed, shown, rng)
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None, *, rng: random.Random | None = None) -> "Rules":
+    def from_env(cls, environ: dict[str, str] | None = None, *, rng: random.Random | None = None,
+                 pure: bool = False) -> "Rules":
         env = os.environ if environ is None else environ
-        return cls.parse(env.get("USAGE_LOGGERS_RULES"), rng=rng)
+        return cls.parse(env.get("USAGE_LOGGERS_RULES"), rng=rng, pure=pure)
 
     # -- per-key decisions
     def _stop_plan(self, key: str) -> tuple | None:
