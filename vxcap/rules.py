@@ -1003,7 +1003,13 @@ class Rules:
                 i = codes.index(_VALUE, i + 1)
                 j = i - codes[:i].count(_DROP)  # position of details[i] in out
                 d = out[j]
-                v = plans[d[0]](d[1])
+                plan = plans.get(d[0])
+                if plan is None:
+                    # The memo was emptied (MEMO_LIMIT) after this key was coded, in this very message:
+                    # work its plan out again rather than lose it.
+                    self._detail_code(d[0])
+                    plan = plans[d[0]]
+                v = plan(d[1])
                 if not v:
                     dead.append(j)
                 elif v is not d[1]:
