@@ -46,6 +46,17 @@ for name in ("http", "reassembly", "message"):
         )
     )
 
+
+def _declarations_changed() -> bool:
+    """Cython does not follow a changed augmenting .pxd into the modules that cimport it: regenerate every
+    module when any declaration file is newer than the oldest generated C file."""
+    generated = glob.glob("build/cython/**/*.c", recursive=True)
+    declared = glob.glob("src_c/**/*.pxd", recursive=True)
+    if not generated or not declared:
+        return False
+    return max(map(os.path.getmtime, declared)) > min(map(os.path.getmtime, generated))
+
+
 setup(
     ext_modules=cythonize(
         extensions,
@@ -54,5 +65,6 @@ setup(
         compiler_directives={**directives, "annotation_typing": False},
         include_path=["src_c"],
         build_dir="build/cython",
+        force=_declarations_changed(),
     ),
 )

@@ -7,6 +7,7 @@ import zlib
 
 import brotli
 import pytest
+import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -136,7 +137,8 @@ def flow_request_only():
 def flow_bodies_encoded():
     f = Flow().handshake()
     for name, data in ((b"gzip", gzip.compress(b"gz body")), (b"deflate", zlib.compress(b"zlib body")),
-                       (b"deflate", zlib.compress(b"raw body")[2:-4]), (b"br", brotli.compress(b"br body"))):
+                       (b"deflate", zlib.compress(b"raw body")[2:-4]), (b"br", brotli.compress(b"br body")),
+                       (b"zstd", zstandard.ZstdCompressor().compress(b"zstd body"))):
         f.request(GET)
         f.response(b"HTTP/1.1 200 OK\r\nContent-Encoding: " + name + b"\r\nContent-Length: "
                    + str(len(data)).encode() + b"\r\n\r\n" + data)
@@ -161,8 +163,9 @@ CASES = [
     ("TLS is recognised, not parsed", flow_tls, []),
     ("request without response is emitted, marked", flow_request_only,
      [call("GET", "http://h/a", incomplete="no_response")]),
-    ("gzip, zlib deflate, raw deflate, br", flow_bodies_encoded,
-     [call("GET", "http://h/a", 200, resp_body=b) for b in ("gz body", "zlib body", "raw body", "br body")]),
+    ("gzip, zlib deflate, raw deflate, br, zstd", flow_bodies_encoded,
+     [call("GET", "http://h/a", 200, resp_body=b) for b in ("gz body", "zlib body", "raw body", "br body",
+                                                           "zstd body")]),
 ]
 
 
@@ -376,3 +379,72 @@ def test_request_waiting_past_the_response_timeout_is_emitted_marked():
     assert before_end.count(call("GET", "http://h/a", incomplete="no_response")) == 1
     assert before_end.count(call("GET", "http://h/a", 200, resp_body="ok")) == 5
     assert r.counters()["requests_response_timeout"] == 1
+
+
+@pytest.mark.parametrize("coding", ["gzip", "br", "zstd"])
+def test_decompression_bombs_cost_at_most_the_body_limit(coding):
+    raw = b"\0" * (64 << 20)
+    data = {"gzip": gzip.compress, "br": lambda b: brotli.compress(b, quality=5),
+            "zstd": lambda b: zstandard.ZstdCompressor().compress(b)}[coding](raw)
+    f = Flow(mss=65000).handshake()
+    f.request(GET).response(b"HTTP/1.1 200 OK\r\nContent-Encoding: " + coding.encode() + b"\r\nContent-Length: "
+                            + str(len(data)).encode() + b"\r\n\r\n" + data)
+    calls, counters = run(f.close().segments)
+    s = summary(calls)[0]
+    assert len(s["response_body"]) == 1 << 20 and s["vxcap_incomplete"] == "response_body_limit"
+
+
+def test_corrupt_encoded_body_is_kept_as_captured_and_counted():
+    f = Flow().handshake()
+    f.request(GET).response(b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 9\r\n\r\nnot gzip!")
+    builder = MessageBuilder(MessageOptions(host="node"))
+    calls = []
+    r = Reassembler(lambda conn, req, resp: calls.append(builder.details(conn, req, resp)))
+    r.process(f.close().segments)
+    r.close_all()
+    assert summary(calls)[0]["response_body"] == "not gzip!"
+    assert builder.counters()["body_decode_failures"] == 1
+
+
+SEQUENTIAL = [
+    (GET, OK),
+    (b"POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello",
+     b"HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nyes\r\n0\r\n\r\n"),
+    (b"HEAD /h HTTP/1.1\r\nHost: h\r\n\r\n", b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n"),
+    (b"GET /c HTTP/1.1\r\nHost: h\r\n\r\n", b"HTTP/1.1 404 Not Found\r\nContent-Length: 3\r\n\r\nnah"),
+    (b"GET /d HTTP/1.1\r\nHost: h\r\n\r\n", b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nlast"),
+]
+SEQUENTIAL_CALLS = [
+    call("GET", "http://h/a", 200, resp_body="ok"),
+    call("POST", "http://h/p", 201, req_body="hello", resp_body="yes"),
+    call("HEAD", "http://h/h", 200),
+    call("GET", "http://h/c", 404, resp_body="nah"),
+    call("GET", "http://h/d", 200, resp_body="last"),
+]
+
+
+@settings(max_examples=120, deadline=None)
+@given(mss=st.integers(4, 80), victim=st.integers(0, 10_000), seed=st.integers(0, 2**32 - 1))
+def test_losing_one_segment_affects_only_its_call_on_keep_alive(mss, victim, seed):
+    f = Flow(mss=mss).handshake()
+    owner = []  # which call each data segment belongs to
+    for i, (req, resp) in enumerate(SEQUENTIAL):
+        n = len(f.segments)
+        f.request(req).response(resp)
+        owner += [None] * (n - len(owner)) + [i] * (len(f.segments) - n)
+    segs = f.close().segments
+    owner += [None] * (len(segs) - len(owner))
+    data = [i for i, s in enumerate(segs) if s[6]]
+    lost = data[victim % len(data)]
+    damaged = owner[lost]
+    del segs[lost]
+    rnd = random.Random(seed)
+    for i in range(len(segs) - 1):  # mild reordering, as a mirror does
+        if rnd.random() < 0.2:
+            segs[i], segs[i + 1] = segs[i + 1], segs[i]
+    calls, counters = run(segs)
+    got = summary(calls)
+    for i, want in enumerate(SEQUENTIAL_CALLS):
+        if i != damaged:
+            assert got.count(want) == 1, (i, damaged, got, counters)
+    assert len(got) <= len(SEQUENTIAL_CALLS)

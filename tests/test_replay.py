@@ -195,3 +195,16 @@ def vxcap_run(args, env=None):
     e = {k: v for k, v in os.environ.items() if k != "VXCAP_PURE_PYTHON"}
     e.update(env or {})
     return subprocess.run([sys.executable, "-m", "vxcap", *args], capture_output=True, env=e, timeout=300, cwd=REPO)
+
+
+def test_options_beyond_the_sniffer_are_off_by_default_and_work_when_on():
+    plain, _, _ = replay_calls(SAMPLE)
+    assert not any(k.startswith("custom_field:") or k == "request_header:x-real-ip" for c in plain for k, _ in c)
+    calls, _, _ = replay_calls(SAMPLE, extra=("--realip-header", "X-Real-IP", "--custom-fields", "vni,mirror_source"))
+    assert len(calls) == 17
+    for c in calls:
+        assert first(c, "request_header:x-real-ip") in ("10.11.1.1", "fd00:11:1::1")
+        assert first(c, "custom_field:vni") == "42"
+        assert first(c, "custom_field:mirror_source")  # the app's address on the mirror path
+    r = vxcap("replay", str(SAMPLE), "--custom-fields", "vni,pod")
+    assert r.returncode == 2 and b"--custom-fields" in r.stderr

@@ -306,6 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rules", default=env.get("USAGE_LOGGERS_RULES"))
     p.add_argument("--host", default=env.get("DYNO") or None)
     p.add_argument("--body-limit", type=int, default=_env_int("USAGE_LOGGERS_BODY_LIMIT", 1 << 20))
+    p.add_argument("--realip-header", default=env.get("SNIFFER_REALIP_HEADER") or None)
+    p.add_argument("--custom-fields", default=env.get("VXCAP_CUSTOM_FIELDS", ""))
     p.add_argument("--out", default="-", help="NDJSON file (appended) or - (default)")
     p.add_argument("--url", default=env.get("USAGE_LOGGERS_URL") or None)
     p.add_argument("--ring-block-size", type=int, default=_env_int("VXCAP_RING_BLOCK_SIZE", 4 * MiB))

@@ -18,7 +18,6 @@ responses to HEAD, 1xx, 204 and 304 have no body. Interim 1xx responses are skip
 from __future__ import annotations
 
 import re
-from collections import deque
 
 
 def _serial_diff(a: int, b: int) -> int:
@@ -45,7 +44,11 @@ _TLS_RECORD = re.compile(rb"\x16\x03[\x00-\x04]")  # RFC 8446 5.1: handshake rec
 # The first bytes of an HTTP/1.x message: a method token and a space, or a status line's version.
 _HTTP_START = re.compile(rb"[A-Z][A-Z0-9_-]{0,19} |HTTP/1\.")
 _HTTP_PREFIX = re.compile(rb"[A-Z][A-Z0-9_-]{0,20}|HTTP/1?")
+# Every proper prefix of "HTTP/1.x NNN " (a status line's start).
+_STATUS_PREFIX = re.compile(rb"H(?:T(?:T(?:P(?:/(?:1(?:\.(?:[01](?: (?:[1-5](?:[0-9](?:[0-9])?)?)?)?)?)?)?)?)?)?)?")
 
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,15}")
+_HUGE_LENGTH = 1 << 62  # bodies this long never end before the connection does
 _MAX_LINE_SCAN = 8192 + 64  # bytes kept while looking for a start line split across segments
 
 _NO_BODY_STATUS = (204, 304)
@@ -145,9 +148,11 @@ class ChunkScanner:
             i = j + 1
             if st == _CH_SIZE:
                 size_text = line.split(b";", 1)[0].strip()
-                if not size_text or len(size_text) > 15:  # 15 hex digits < 2**63: no overflow games
+                # HEXDIG only (RFC 9112 7.1), at most 15 (< 2**63): int(x, 16) alone also takes "-5" (a
+                # negative size walks the scan backwards forever), "+5", "0x5" and "5_0".
+                if not _CHUNK_SIZE.fullmatch(size_text):
                     raise ValueError("invalid chunk size")
-                size = int(size_text, 16)  # ValueError on non-hex, as wanted
+                size = int(size_text, 16)
                 if size == 0:
                     self.state = _CH_TRAILER
                 else:
@@ -208,7 +213,7 @@ class HalfParser:
     __slots__ = (
         "conn", "is_request", "state", "buf", "buf_ts", "parser", "msg", "remaining", "chunks",
         "stats", "limits", "_complete", "held", "held_bytes", "eof_pending", "_salvaging", "buf_seq", "buf_ack", "rest_seq",
-        "end_seq",
+        "end_seq", "seen", "_unsure_body", "_probe",
     )
 
     def __init__(self, conn: "HttpConnection", is_request: bool | None, at_start: bool):
@@ -221,6 +226,7 @@ class HalfParser:
         self.buf_ack: int | None = None  # acknowledgement number of the segment that carried buf[0]
         self.rest_seq = 0  # sequence number of the bytes _take_headers/_scan hand back
         self.end_seq = 0  # sequence number after the last byte seen (gaps included)
+        self.seen = False  # end_seq means something only once bytes were fed
         self.parser = None
         self.msg: Message | None = None
         self.remaining = 0
@@ -229,6 +235,8 @@ class HalfParser:
         self.limits = conn.limits
         self._complete = False
         self._salvaging = False  # parsing a header block a gap cut short (see _salvage)
+        self._unsure_body = False  # a response whose request is unknown: might answer a HEAD
+        self._probe = b""  # first bytes of such a response's body, until they tell
         self.held: list[tuple[bytes, int]] | None = None  # chunks held while deferred
         self.held_bytes = 0
         self.eof_pending = False  # eof() arrived while held: run it after the held bytes
@@ -260,15 +268,25 @@ class HalfParser:
     def feed(self, data: bytes, ts_ns: int, seq: int = 0, ack: int | None = None) -> None:
         """In-order bytes of this direction; ``seq`` is the TCP sequence number of ``data[0]`` and
         ``ack`` the acknowledgement number of the segment that carried it (used for pairing)."""
-        self.end_seq = (seq + len(data)) & 0xFFFFFFFF
+        end = (seq + len(data)) & 0xFFFFFFFF
         if self.held is not None:
             # Waiting for the request side (see _take_headers): keep chunks with their capture times.
+            self.end_seq = end
+            self.seen = True
             self.held.append((data, ts_ns, seq, ack))
             self.held_bytes += len(data)
-            if not self.conn.response_may_proceed(self.held_bytes):
-                return
-            self.resume()
+            if self.conn.response_may_proceed(self.buf_seq, self.buf_ack, self.held_bytes):
+                self.resume()
             return
+        self._feed(data, ts_ns, seq, ack)
+        # Only now is this direction parsed up to ``end``: a response held for its request may be an
+        # orphan (its request was lost) once the request side is parsed past the response's ack.
+        self.end_seq = end
+        self.seen = True
+        if self.is_request and self.conn.deferred is not None:
+            self.conn.deferred.resume()
+
+    def _feed(self, data: bytes, ts_ns: int, seq: int, ack) -> None:
         while data:
             st = self.state
             if st == _HEADERS or st == _SCAN:
@@ -285,6 +303,20 @@ class HalfParser:
                         self.buf_ts = ts_ns
                 data = self._take_headers() if st == _HEADERS else self._scan()
                 seq = self.rest_seq
+            elif self._unsure_body and (st == _BODY_LENGTH or st == _BODY_CHUNKED):
+                probe = self._probe + data
+                if len(probe) < 13 and _STATUS_PREFIX.fullmatch(probe):
+                    self._probe = probe  # too few bytes to tell a status line from a body: wait
+                    return
+                self._unsure_body = False
+                self._probe = b""
+                data = probe
+                if _STATUS_LINE.match(probe):
+                    # The message ended at its headers (it answered a HEAD we did not see); these bytes
+                    # start the next response.
+                    self.stats["responses_bodyless_by_guess"] += 1
+                    self.chunks = None
+                    self._finish()
             elif st == _BODY_LENGTH:
                 n = self.remaining
                 if len(data) <= n:
@@ -365,6 +397,7 @@ class HalfParser:
             self.resume()
         if self.is_request:
             # No request will come any more: responses must not wait for one.
+            self.conn.force_responses = True
             self.conn.request_lost()
         if self.state == _BODY_CLOSE and self.msg is not None:
             self._finish()
@@ -444,7 +477,7 @@ class HalfParser:
             self.buf = b""
             self.state = _SCAN
             return buf[end:]
-        if not self.is_request and not self.conn.response_may_proceed(len(buf)):
+        if not self.is_request and not self.conn.response_may_proceed(self.buf_seq, self.buf_ack, len(buf)):
             # Directions arrive crossed on a mirror: wait until the request this response answers has
             # been parsed, so that a response to HEAD is known to have no body (RFC 9112 6.3).
             self.conn.deferred = self
@@ -494,8 +527,9 @@ class HalfParser:
             self.msg = None
             self.parser = None
             self.state = _SCAN
-            # Resume the search one byte on so the same start line is not found again.
-            self.buf = block[1:]
+            # Resume the search one byte on in the captured bytes, not in ``block``: the lenient retry may
+            # have rewritten it ("ET" made "POST"), and "OST ..." would then be found again forever.
+            self.buf = buf[1:end]
             self.buf_ts = msg.ts_ns
             self.buf_seq = (msg.seq + 1) & 0xFFFFFFFF
             return rest
@@ -548,8 +582,8 @@ class HalfParser:
                 self.stats["interim_responses"] += 1
                 self.msg = None
                 return rest
-            method = conn.method_for_next_response()
-            conn.resp_index += 1
+            q = conn.answered_request(msg.seq, msg.ack)
+            method = q.method if q is not None else ""
             if status == 101 or upgrade or (method == "CONNECT" and 200 <= status < 300):
                 # The connection stops speaking HTTP/1.x after this response (RFC 9110 15.2.2, 9.3.6).
                 self._complete = True  # nothing more will be fed to this parser
@@ -559,6 +593,9 @@ class HalfParser:
             if method == "HEAD" or status in _NO_BODY_STATUS:
                 self._finish()
                 return rest
+            # Its request was never seen (lost to a gap): it may answer a HEAD. If the next bytes are a
+            # status line rather than a body, it had none (checked when the body's first bytes come).
+            self._unsure_body = q is None
         elif upgrade:
             # Upgrade or CONNECT request: complete without body; the response decides what follows.
             self._complete = False  # llhttp sits in its upgrade state: use a fresh parser next
@@ -582,10 +619,12 @@ class HalfParser:
         elif cl is not None:
             # llhttp already rejected a malformed Content-Length; it completed the message if it is 0.
             try:
-                self.remaining = int(cl.strip())
+                length = int(cl.strip())
             except ValueError:
-                self.remaining = -1
-            if self.remaining < 0:
+                length = -1
+            # An absurd length (up to 2**64 - 1 passes llhttp) just means "until the connection ends".
+            self.remaining = length if length < _HUGE_LENGTH else _HUGE_LENGTH
+            if length < 0:
                 self.stats["http_parse_errors"] += 1
                 self._abort(GAP)
                 return rest
@@ -662,7 +701,7 @@ class HttpConnection:
 
     __slots__ = (
         "info", "halves", "requests", "responses", "emit", "stats", "limits", "sized_up", "ended",
-        "_client_dir", "methods", "methods_base", "req_index", "resp_index", "deferred", "force_responses",
+        "_client_dir", "deferred", "force_responses",
     )
 
     def __init__(self, info, emit, stats, limits: Limits, client_dir: int | None, syn_seen: tuple[bool, bool]):
@@ -670,17 +709,15 @@ class HttpConnection:
         self.emit = emit  # emit(info, request | None, response | None)
         self.stats = stats
         self.limits = limits
-        self.requests: deque[Message] = deque()  # requests not yet paired (in progress or done)
-        self.responses: deque[Message] = deque()  # final responses done, waiting for their request
+        # Plain lists, not deques: they hold a handful of messages, and an empty deque costs ~600 bytes,
+        # which 262144 tracked connections would pay twice over.
+        self.requests: list[Message] = []  # requests not yet paired (in progress or done)
+        self.responses: list[Message] = []  # final responses done, waiting for their request
         self.sized_up = False  # the first bytes were checked for TLS / HTTP/2 / non-HTTP
         self.ended = False
         self._client_dir = client_dir
-        self.methods: deque[str] = deque()  # method of request number methods_base + i
-        self.methods_base = 0
-        self.req_index = 0  # requests whose header block was parsed
-        self.resp_index = 0  # final responses whose header block was parsed
         self.deferred: HalfParser | None = None  # response side waiting for its request
-        self.force_responses = False  # the request side can no longer tell us (gap, end): do not wait
+        self.force_responses = False  # the request side ended: no request can come, do not wait
         self.halves = [
             HalfParser(self, None if client_dir is None else (d == client_dir), syn_seen[d]) for d in (0, 1)
         ]
@@ -697,7 +734,7 @@ class HttpConnection:
             half.eof()
         self._pair(final=True)
         while self.requests:
-            req = self.requests.popleft()
+            req = self.requests.pop(0)
             if not req.done:
                 continue
             req.mark(NO_RESPONSE)
@@ -734,41 +771,55 @@ class HttpConnection:
         for i, h in enumerate(self.halves):
             h.is_request = i == self._client_dir
 
-    def method_for_next_response(self) -> str:
-        i = self.resp_index - self.methods_base
-        return self.methods[i] if 0 <= i < len(self.methods) else ""
+    def answered_request(self, seq: int, ack) -> Message | None:
+        """The request a response starting at ``seq`` (carrying ``ack``) answers, by the rules of _pair;
+        None when it is not known yet, or when the response answers a request that was never seen."""
+        reqs = self.requests
+        j = len(self.responses)  # completed responses wait for requests[0 .. j-1]
+        n = len(reqs)
+        while j < n:
+            q = reqs[j]
+            if ack is not None and q.ack is not None:
+                if _serial_diff(seq, q.ack) < 0:
+                    return None  # sent before q existed: its own request was lost (an orphan)
+                if j + 1 < n:
+                    q1 = reqs[j + 1]
+                    if (q1.ack is not None and _serial_diff(q1.ack, q.ack) > 0
+                            and _serial_diff(seq, q1.ack) >= 0):
+                        j += 1  # q's response was lost: this one answers a later request
+                        continue
+            return q
+        return None
 
     def request_started(self, msg: Message) -> None:
-        method = msg.method
         self.requests.append(msg)  # in order of their start; paired once done
         if len(self.requests) > self.limits.max_pending and not self.responses:
-            old = self.requests.popleft()
+            old = self.requests.pop(0)
             if old.done:
                 old.mark(NO_RESPONSE)
                 self.stats["requests_without_response"] += 1
                 self.stats["pending_limit_hits"] += 1
                 self.emit(self.info, old, None)
             else:
-                self.requests.appendleft(old)
-        self.req_index += 1
-        self.methods.append(method)
-        if len(self.methods) > self.limits.max_pending:
-            self.methods.popleft()
-            self.methods_base += 1
+                self.requests.insert(0, old)
         if self.deferred is not None:
             self.deferred.resume()
 
     def request_lost(self) -> None:
-        self.force_responses = True
+        """A gap on the request side: re-check whether a held response can now go on."""
         if self.deferred is not None:
             self.deferred.resume()
 
-    def response_may_proceed(self, held: int) -> bool:
-        if self.resp_index < self.req_index or self.force_responses:
+    def response_may_proceed(self, seq: int, ack, held: int) -> bool:
+        """May the response starting at ``seq`` be parsed now? Only once the request it answers is known
+        (a response to HEAD has no body, RFC 9112 6.3), or when no such request can still come."""
+        if self.force_responses or self.answered_request(seq, ack) is not None:
             return True
         req_half = self.halves[self._client_dir if self._client_dir is not None else 0]
         if req_half.state == _DEAD:
             return True
+        if ack is not None and req_half.seen and _serial_diff(req_half.end_seq, ack) >= 0:
+            return True  # the request side is parsed past everything the server had received: an orphan
         if held > self.limits.max_header_bytes * 4:
             self.stats["response_order_forced"] += 1
             return True
@@ -806,21 +857,21 @@ class HttpConnection:
             if not q0.done:
                 break
             if q0.ack is not None and r.ack is not None and _serial_diff(r.seq, q0.ack) < 0:
-                resps.popleft()
+                resps.pop(0)
                 stats["responses_without_request"] += 1
                 continue
             if len(reqs) > 1:
                 q1 = reqs[1]
                 if (q0.ack is not None and q1.ack is not None and r.ack is not None
                         and _serial_diff(q1.ack, q0.ack) > 0 and _serial_diff(r.seq, q1.ack) >= 0):
-                    reqs.popleft()
+                    reqs.pop(0)
                     q0.mark(NO_RESPONSE)
                     stats["requests_without_response"] += 1
                     self.emit(self.info, q0, None)
                     continue
             elif not final and r.ack is not None and not self._requests_seen_until(r.ack):
                 break  # a request sent before r may still be on its way: it would tell us more
-            self.emit(self.info, reqs.popleft(), resps.popleft())
+            self.emit(self.info, reqs.pop(0), resps.pop(0))
 
     def expire_requests(self, deadline_ns: int) -> int:
         """Emit, marked no_response, requests that started before ``deadline_ns`` and are still unanswered.
@@ -831,7 +882,7 @@ class HttpConnection:
         n = 0
         reqs = self.requests
         while reqs and not self.responses and reqs[0].done and reqs[0].ts_ns < deadline_ns:
-            req = reqs.popleft()
+            req = reqs.pop(0)
             req.mark(NO_RESPONSE)
             self.stats["requests_response_timeout"] += 1
             self.emit(self.info, req, None)
@@ -843,4 +894,4 @@ class HttpConnection:
         if self.force_responses:
             return True
         half = self.halves[self._client_dir if self._client_dir is not None else 0]
-        return half.state == _DEAD or _serial_diff(half.end_seq, ack) >= 0
+        return half.state == _DEAD or (half.seen and _serial_diff(half.end_seq, ack) >= 0)

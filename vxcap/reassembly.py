@@ -402,6 +402,13 @@ class Reassembler:
         for d, half in enumerate(conn.halves):
             if half.early:
                 self._drain(conn, d, half, force=True)
+            if half.early:
+                # Held beyond the end of the stream (after its FIN): never deliverable. Release them, or
+                # ``buffered`` keeps counting bytes nobody holds and the total limit fires for ever after.
+                self.stats["segments_after_close"] += len(half.early)
+                self.buffered -= half.early_bytes
+                half.early = None
+                half.early_bytes = 0
         self.pending.discard(conn)
         if conn.http is not None:
             conn.http.close()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 import os
 import sys
 import time
@@ -14,6 +15,7 @@ import time
 from vxcap import __version__
 
 ENCAPS = ("auto", "vxlan", "none")
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 5.6.2
 
 
 class _Parser(argparse.ArgumentParser):
@@ -59,7 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="value of the 'host' detail (default: $DYNO, else this machine's name)")
     p.add_argument("--body-limit", type=int, default=int(env.get("USAGE_LOGGERS_BODY_LIMIT", 1 << 20)),
                    help="bytes of each body kept (default: $USAGE_LOGGERS_BODY_LIMIT or 1048576)")
-    p.add_argument("--pure", action="store_true", help="use the pure-Python decoder (for comparison)")
+    p.add_argument("--realip-header", default=env.get("SNIFFER_REALIP_HEADER") or None,
+                   help="add this request header carrying the client's address (default: $SNIFFER_REALIP_HEADER)")
+    p.add_argument("--custom-fields", default=env.get("VXCAP_CUSTOM_FIELDS", ""),
+                   help="opt-in custom_field: details, comma-separated: vni, mirror_source "
+                        "(default: $VXCAP_CUSTOM_FIELDS)")
+    p.add_argument("--pure", action="store_true",
+                   help="use the pure-Python decoder and rules engine (for comparison; VXCAP_PURE_PYTHON=1 "
+                        "also runs reassembly and HTTP from their Python source)")
     p.add_argument("--quiet", action="store_true", help="no summary on standard error")
     p.add_argument("--version", action="version", version=f"vxcap {__version__}")
     return p
@@ -84,14 +93,23 @@ def make_pipeline(args):
     if args.body_limit < 1:
         raise ValueError(f"invalid --body-limit {args.body_limit}: expected a positive number of bytes")
     try:
-        rules = Rules.parse(args.rules)
+        rules = Rules.parse(args.rules, pure=args.pure)
     except RulesError as e:
         raise ValueError(str(e)) from None
     decoder = Decoder(vxlan_port=next(iter(vxlan_port)), encap=args.encap, vnis=vnis, ports=ports,
                       pure=args.pure)
     limits = ReassemblyLimits()
     limits.http.body_limit = args.body_limit
-    builder = MessageBuilder(MessageOptions(host=args.host, body_limit=args.body_limit), rules)
+    fields = frozenset(f.strip() for f in args.custom_fields.split(",") if f.strip())
+    try:
+        options = MessageOptions(host=args.host, body_limit=args.body_limit, realip_header=args.realip_header,
+                                 custom_fields=fields)
+    except ValueError as e:
+        raise ValueError(f"--custom-fields: {e}") from None
+    if args.realip_header and not _TOKEN.fullmatch(args.realip_header):
+        raise ValueError(f"invalid --realip-header {args.realip_header!r}: expected an HTTP header name (RFC 9110 "
+                         "token)")
+    builder = MessageBuilder(options, rules)
     return Pipeline(decoder, builder, limits, ports), rules
 
 

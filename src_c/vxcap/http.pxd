@@ -60,9 +60,13 @@ cdef class HalfParser:
     cdef public object buf_ack
     cdef public long long rest_seq
     cdef public long long end_seq
+    cdef public bint seen
+    cdef public bint _unsure_body
+    cdef public bytes _probe
 
-    @cython.locals(st=int, n=cython.longlong, end=Py_ssize_t)
     cpdef feed(self, bytes data, long long ts_ns, long long seq=*, object ack=*)
+    @cython.locals(st=int, n=cython.longlong, end=Py_ssize_t)
+    cpdef _feed(self, bytes data, long long ts_ns, long long seq, object ack)
     cpdef gap(self, long long nbytes)
     cpdef eof(self)
     @cython.locals(a=Py_ssize_t, b=Py_ssize_t, end=Py_ssize_t, line_end=Py_ssize_t)
@@ -77,18 +81,14 @@ cdef class HalfParser:
 cdef class HttpConnection:
     cdef public object info
     cdef public list halves
-    cdef public object requests
-    cdef public object responses
+    cdef public list requests
+    cdef public list responses
     cdef public object emit
     cdef public object stats
     cdef public Limits limits
     cdef public bint sized_up
     cdef public bint ended
     cdef public object _client_dir
-    cdef public object methods
-    cdef public long long methods_base
-    cdef public long long req_index
-    cdef public long long resp_index
     cdef public object deferred
     cdef public bint force_responses
 
@@ -96,5 +96,6 @@ cdef class HttpConnection:
     cpdef gap(self, int direction, long long nbytes)
     cpdef message_done(self, HalfParser half, Message msg)
     cpdef request_started(self, Message msg)
-    cpdef bint response_may_proceed(self, long long held)
+    cpdef bint response_may_proceed(self, long long seq, object ack, long long held)
+    cpdef Message answered_request(self, long long seq, object ack)
     cpdef _pair(self, bint final=*)
