@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pathlib
 import re
 import shutil
 import struct
@@ -64,19 +65,48 @@ class PeerRun(_Pair):
             k: (round(v, 3) if isinstance(v, float) else v) for k, v in self.__dict__.items()}}
 
 
+# The measured command is started by a small launcher (a fresh ``python -S``, ~6 MB) that forks and execs
+# it and reaps it with os.wait4. Started directly from this process it would inherit our peak RSS: Linux
+# keeps a task's RSS high-water mark across exec (and subprocess forks with vfork, sharing our memory), so
+# ru_maxrss would report this benchmark's own size (the truth files of a large capture) for every tool.
+_LAUNCHER = r"""
+import json, os, sys, time
+out, argv = sys.argv[1], sys.argv[2:]
+t0 = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    try:
+        os.execvp(argv[0], argv)
+    finally:
+        os._exit(127)
+_, status, ru = os.wait4(pid, 0)
+wall = time.perf_counter() - t0
+with open(out, "w") as f:
+    json.dump({"wall_s": wall, "user_s": ru.ru_utime, "sys_s": ru.ru_stime, "maxrss_kb": ru.ru_maxrss,
+               "rc": os.waitstatus_to_exitcode(status)}, f)
+"""
+
+
+def measure(argv: list[str], env: dict | None = None, stdout_path: str | None = None, cwd: str | None = None) -> dict:
+    """Run ``argv``; wall seconds, CPU seconds (user + system) and peak RSS (MiB) of that child alone."""
+    with tempfile.TemporaryDirectory(prefix="vxcap-measure-") as tmp, tempfile.TemporaryFile() as err:
+        usage_path = os.path.join(tmp, "usage.json")
+        with open(stdout_path or os.devnull, "wb") as out:
+            subprocess.run([sys.executable, "-S", "-c", _LAUNCHER, usage_path, *argv], stdout=out, stderr=err,
+                           stdin=subprocess.DEVNULL, env=env, cwd=cwd, check=True)
+        u = json.loads(pathlib.Path(usage_path).read_text())
+        err.seek(0)
+        stderr = err.read().decode(errors="replace")
+    return {"wall_s": u["wall_s"], "cpu_s": u["user_s"] + u["sys_s"], "user_s": u["user_s"], "sys_s": u["sys_s"],
+            "peak_rss_mb": u["maxrss_kb"] / 1024, "rc": u["rc"], "stderr": stderr[-2000:]}
+
+
 def _measure(argv: list[str], stdout_path: str) -> tuple[float, float, float]:
     """Run ``argv`` with stdout to a file; return (wall seconds, CPU seconds, peak RSS in MiB)."""
-    with open(stdout_path, "wb") as out, tempfile.TemporaryFile() as err:
-        start = time.perf_counter()
-        proc = subprocess.Popen(argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - start
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        if proc.returncode != 0:
-            err.seek(0)
-            raise RuntimeError(f"{argv[0]} exited with {proc.returncode}: {err.read().decode(errors='replace')}")
-    # ru_maxrss is in KiB on Linux.
-    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
+    m = measure(argv, stdout_path=stdout_path)
+    if m["rc"] != 0:
+        raise RuntimeError(f"{argv[0]} exited with {m['rc']}: {m['stderr']}")
+    return m["wall_s"], m["cpu_s"], m["peak_rss_mb"]
 
 
 def _need(tool: str) -> str:

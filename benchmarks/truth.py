@@ -88,9 +88,12 @@ def check(lines, truth_path: str | pathlib.Path, host: str = "bench") -> dict:
         if t.get("complete", True) or rid not in unmatched_damaged:
             continue
         key = (t["method"], t["url"], str(t["status"]))
-        if leftovers.get(key):
-            leftovers[key] -= 1
-            recovered += 1
+        bare = (t["method"], t["url"], None)  # its response lost: emitted without a status
+        for k in (key, bare):
+            if leftovers.get(k):
+                leftovers[k] -= 1
+                recovered += 1
+                break
     extra = sum(leftovers.values())
     return {
         "truth_calls": len(truth),

@@ -355,6 +355,13 @@ class HalfParser:
     def gap(self, nbytes: int) -> None:
         """``nbytes`` of this direction were lost: end the message in progress, resynchronise."""
         self.end_seq = (self.end_seq + nbytes) & 0xFFFFFFFF
+        if self.held is not None:
+            # Held for the request side: the gap takes its place in line with the held bytes.
+            self.held.append((None, nbytes, 0, None))
+            return
+        self._gap(nbytes)
+
+    def _gap(self, nbytes: int) -> None:
         if self.state == _DEAD:
             return
         msg = self.msg
@@ -565,9 +572,12 @@ class HalfParser:
         for i, (chunk, ts, seq, ack) in enumerate(held):
             if self.held is not None:  # deferred again (the next response): keep the rest in order
                 self.held.extend(held[i:])
-                self.held_bytes += sum(len(h[0]) for h in held[i:])
+                self.held_bytes += sum(len(h[0]) for h in held[i:] if h[0] is not None)
                 return
-            self.feed(chunk, ts, seq, ack)
+            if chunk is None:
+                self._gap(ts)  # a gap marker: (None, nbytes, ...)
+            else:
+                self.feed(chunk, ts, seq, ack)
         if self.eof_pending and self.held is None:
             self.eof_pending = False
             self.eof()

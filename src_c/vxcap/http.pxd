@@ -68,6 +68,7 @@ cdef class HalfParser:
     @cython.locals(st=int, n=cython.longlong, end=Py_ssize_t)
     cpdef _feed(self, bytes data, long long ts_ns, long long seq, object ack)
     cpdef gap(self, long long nbytes)
+    cpdef _gap(self, long long nbytes)
     cpdef eof(self)
     @cython.locals(a=Py_ssize_t, b=Py_ssize_t, end=Py_ssize_t, line_end=Py_ssize_t)
     cpdef bytes _take_headers(self)
