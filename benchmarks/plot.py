@@ -12,7 +12,7 @@ import json
 import pathlib
 import sys
 
-TOOLS = (("vxcap", "vxcap", "o-"), ("vxcap_pure", "vxcap --pure (pure-Python decoder)", "s--"),
+TOOLS = (("vxcap", "vxcap", "o-"), ("vxcap_pure", "vxcap, pure-Python path (VXCAP_PURE_PYTHON=1)", "s--"),
          ("tshark", "tshark", "^-"), ("tcpflow", "tcpflow (decapsulated copy)", "v-"))
 
 

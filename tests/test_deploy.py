@@ -196,8 +196,8 @@ def test_daemonset_probes_and_resources():
     assert port["containerPort"] == 9108
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
-    assert c["resources"] == {"requests": {"cpu": "500m", "memory": "256Mi"},
-                              "limits": {"cpu": "2", "memory": "1Gi"}}
+    assert c["resources"] == {"requests": {"cpu": "1", "memory": "512Mi"},
+                              "limits": {"cpu": "2", "memory": "2Gi"}}
     assert "sized from benchmarks/results" in (K8S / "daemonset.yaml").read_text()
 
 
