@@ -198,7 +198,7 @@ def test_daemonset_probes_and_resources():
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
     assert c["resources"] == {"requests": {"cpu": "1", "memory": "512Mi"},
                               "limits": {"cpu": "2", "memory": "2Gi"}}
-    assert "sized from benchmarks/results" in (K8S / "daemonset.yaml").read_text()
+    assert "Sized from benchmarks/results/latest.md" in (K8S / "daemonset.yaml").read_text()
 
 
 def test_daemonset_environment_loads():
