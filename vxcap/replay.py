@@ -154,6 +154,11 @@ def format_summary(counters: dict, files: list[str], calls: int, seconds: float,
                  if v and k not in ("frames", "bytes", "calls_built")]
         if items:
             lines.append(f"  {title}: " + " ".join(items))
+    native = counters.get("native") or {}
+    slow = sorted(name for name, built in native.items() if not built)
+    if slow:
+        lines.append("  note: running from Python source (extensions not built or VXCAP_PURE_PYTHON=1): "
+                     + ", ".join(slow))
     for e in errors:
         lines.append(f"  error: {e}")
     return "\n".join(lines)
@@ -192,6 +197,9 @@ def replay_batches(args, progress: Progress, result: dict):
     progress.done()
     counters = pipeline.counters()
     counters["vni"] = pipeline.decoder.vni_stats()
+    import vxcap
+
+    counters["native"] = dict(vxcap.compiled(), **{"vxcap._decode": not getattr(pipeline.decoder, "pure", False)})
     result.update(calls=calls, counters=counters, errors=errors, frames=frames)
 
 
