@@ -25,7 +25,6 @@ import gc
 import json
 import pathlib
 import random
-import re
 import sys
 import time
 

@@ -29,7 +29,6 @@ import struct
 import subprocess
 import sys
 import tempfile
-import time
 from typing import NamedTuple
 
 VXLAN_PORT = 4789

@@ -12,25 +12,7 @@ import pathlib
 
 import orjson
 
-
-def expected_details(t: dict, host: str) -> list[list[str]]:
-    """The message vxcap must emit under ``include debug`` for one truth call (SPEC section 2)."""
-    out = [["request_method", t["method"]], ["request_url", t["url"]], ["response_code", str(t["status"])]]
-    out += [[f"request_param:{k}", v] for k, v in t["params"]]
-    out += [[f"request_header:{k}", v] for k, v in t["request_headers"]]
-    if t["request_body"]:
-        out.append(["request_body", t["request_body"]])
-    out += [[f"response_header:{k}", v] for k, v in t["response_headers"]]
-    if t["response_body"]:
-        out.append(["response_body", t["response_body"]])
-    cookies = [v for k, v in t["request_headers"] if k == "cookie"]
-    if cookies:
-        from vxcap.rules import Rules
-
-        out += Rules.parse("include debug").session_fields(cookies)
-    out = [p for p in out if p[1] != ""]
-    out += [["now", str(t["now_ms"])], ["interval", str(t["interval_ms"])], ["host", host]]
-    return out
+from vxcap.testing.expected import expected_details
 
 
 def _untimed(details):

@@ -14,7 +14,6 @@ import json
 import os
 import select
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -24,29 +23,13 @@ import orjson
 import pytest
 
 from conftest import REPO
+from vxcap.testing.expected import expected_details
 from vxcap import bpf
 from vxcap.capture import RingOptions, open_ring
-from vxcap.rules import Rules
 from vxcap.testing.make_sample import run_client
 from vxcap.testing.netns import MirrorLab
 
 pytestmark = pytest.mark.root
-
-
-def expected_message(call):
-    """The message vxcap emits under `include debug` for one call the client made (SPEC section 2)."""
-    out = [["request_method", call["method"]], ["request_url", call["url"]], ["response_code", call["status"]]]
-    out += [[f"request_param:{k}", v] for k, v in call["params"]]
-    out += [[f"request_header:{k}", v] for k, v in call["request_headers"]]
-    if call["request_body"]:
-        out.append(["request_body", call["request_body"]])
-    out += [[f"response_header:{k}", v] for k, v in call["response_headers"]]
-    if call["response_body"]:
-        out.append(["response_body", call["response_body"]])
-    cookies = [v for k, v in call["request_headers"] if k == "cookie"]
-    if cookies:
-        out += Rules.parse("include debug").session_fields(cookies)
-    return [p for p in out if p[1] != ""]
 
 
 def without_times(msg):
@@ -85,7 +68,7 @@ def test_every_call_arrives_once_from_the_filtered_session(engine, workers, tmp_
         time.sleep(0.5)  # the last frames cross the mirror and a 20 ms block timeout
         stop_capture(proc)
     got = sorted(orjson.dumps(without_times(orjson.loads(x))) for x in out.read_bytes().splitlines())
-    want = sorted(orjson.dumps(expected_message(c)) for c in calls)
+    want = sorted(orjson.dumps(expected_details(c)) for c in calls)
     assert len(calls) == 17
     assert got == want  # every call, each once: nothing of VNI 43 (it would duplicate every call)
     c = json.loads(counters_path.read_text())

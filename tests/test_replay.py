@@ -5,7 +5,6 @@ import asyncio
 import gzip
 import json
 import os
-import pathlib
 import subprocess
 import sys
 
@@ -14,26 +13,10 @@ import pytest
 
 from conftest import PCAPS, REPO
 from support.replay import first, replay_calls
-from vxcap.rules import Rules
+from vxcap.testing.expected import expected_details
 
 SAMPLE = REPO / "samples" / "mirror-sample.pcap"
 SAMPLE_CALLS = json.loads((REPO / "samples" / "mirror-sample.calls.json").read_text())
-
-
-def expected_message(call):
-    """The message vxcap must emit under `include debug` for one call the client made (SPEC section 2)."""
-    out = [["request_method", call["method"]], ["request_url", call["url"]], ["response_code", call["status"]]]
-    out += [[f"request_param:{k}", v] for k, v in call["params"]]
-    out += [[f"request_header:{k}", v] for k, v in call["request_headers"]]
-    if call["request_body"]:
-        out.append(["request_body", call["request_body"]])
-    out += [[f"response_header:{k}", v] for k, v in call["response_headers"]]
-    if call["response_body"]:
-        out.append(["response_body", call["response_body"]])
-    cookies = [v for k, v in call["request_headers"] if k == "cookie"]
-    if cookies:
-        out += Rules.parse("include debug").session_fields(cookies)
-    return [p for p in out if p[1] != ""]  # empty values are dropped (SPEC section 2)
 
 
 def without_times(msg):
@@ -44,7 +27,7 @@ def test_sample_gives_exactly_the_calls_the_client_made():
     calls, counters, errors = replay_calls(SAMPLE)
     assert errors == []
     got = sorted(orjson.dumps(without_times(c)) for c in calls)
-    want = sorted(orjson.dumps(expected_message(c)) for c in SAMPLE_CALLS)
+    want = sorted(orjson.dumps(expected_details(c)) for c in SAMPLE_CALLS)
     assert len(got) == len(want) == 17
     for g, w in zip(got, want):
         assert orjson.loads(g) == orjson.loads(w)

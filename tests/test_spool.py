@@ -1,7 +1,6 @@
 """The disk spool: format, order, eviction, corruption, crash leftovers, exclusive use."""
 from __future__ import annotations
 
-import os
 import zlib
 
 import pytest

@@ -112,7 +112,7 @@ _SEP_WHOLE = {s: re.compile(f"[{s}]({_JDOT}*)[{s}]") for s in _SEPARATORS}
 _SEP_BAD = {s: re.compile(f"[{s}]{_JDOT}*|{_JDOT}*[^\\\\][{s}]{_JDOT}*") for s in _SEPARATORS}
 
 # `(?m)^\s*include X\s*$` in Java: `^` after any terminator (not between \r and \n), `$` before one.
-_LINE_START = f"(?:\\A|(?<=[\\n\\x85\\u2028\\u2029])|(?<=\\r)(?!\\n))"
+_LINE_START = "(?:\\A|(?<=[\\n\\x85\\u2028\\u2029])|(?<=\\r)(?!\\n))"
 _LINE_END = f"(?!(?<=\\r)\\n)(?=[{_TERM}]|\\Z)"
 
 

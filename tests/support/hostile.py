@@ -172,7 +172,7 @@ def syn_flood_pcap(path, n: int, t0_ns: int = T0_NS, step_ns: int = 1000, vni: i
     rec = len(template)
     # Offsets inside one record: 16 pcap record header, 50 outer headers, 14 inner Ethernet.
     ip_off = 16 + 50 + 14
-    off_src, off_sport, off_seq = ip_off + 12, ip_off + 20, ip_off + 24
+    off_src, off_seq = ip_off + 12, ip_off + 24  # source address+port are packed together (src_port)
     ts = struct.Struct("<II")
     src_port = struct.Struct(">4sH")
     seq = struct.Struct(">I")
