@@ -238,6 +238,30 @@ def live_section(path: pathlib.Path) -> list[str]:
     return out
 
 
+def sink_rules_section(path: pathlib.Path) -> list[str]:
+    """bench_sink.py (1M messages to the test collector) and bench_rules.py figures, when saved."""
+    if not path.exists():
+        return []
+    d = json.loads(path.read_text())
+    out = ["", "## Sink and rules (`bench_sink.py --n 1000000`, `bench_rules.py --n 100000`; sink_and_rules.json)",
+           "", "| benchmark | figure | check |", "|---|---|---|"]
+    for name in ("sink_asyncio", "sink_uvloop"):
+        x = d.get(name)
+        if x:
+            out.append(f"| {name}: 1M ~{x['avg_line_bytes']}-byte messages, zlib level {x['compression_level']} | "
+                       f"{x['messages_per_s']:,} messages/s; event loop lag max {x['loop_lag_max_ms']} ms, "
+                       f"longest loop-thread stretch {x['loop_thread_cpu_per_tick_max_ms']} ms | received "
+                       f"{x['received']:,}, dropped {x['dropped']}, {'OK' if x['correct'] else 'FAILED'} |")
+    rules = (d.get("rules") or {}).get("results", {})
+    for k in ("strict", "standard", "debug", "custom"):
+        x = rules.get(k)
+        if x:
+            out.append(f"| rules `{k}` on ~17-detail messages | {x['native_messages_per_s']:,} messages/s native, "
+                       f"{x['pure_messages_per_s']:,} pure ({x['native_over_pure']}x) | "
+                       f"{'OK' if x['correct'] else 'FAILED'} |")
+    return out
+
+
 def markdown(r: dict) -> str:
     m = r["machine"]
     lines = [
@@ -313,6 +337,7 @@ def markdown(r: dict) -> str:
                      f"{json.dumps(check)[:160]} |")
     lines += next_limit(st)
     lines += live_section(pathlib.Path(__file__).resolve().parent / "results" / "live.jsonl")
+    lines += sink_rules_section(pathlib.Path(__file__).resolve().parent / "results" / "sink_and_rules.json")
     failed = [c["where"] for c in r["checks"] if not c["ok"]]
     lines += ["", "## Correctness checks", "",
               f"{sum(c['ok'] for c in r['checks'])} of {len(r['checks'])} passed."
