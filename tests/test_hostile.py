@@ -370,3 +370,27 @@ def test_fin_and_data_bits_everywhere_do_not_confuse_the_normal_call(tmp_path):
     out = replay(with_normal(tmp_path, other.frames))
     ras, _, others = check(out)
     assert others == [] and ras["connections_opened"] == 2
+
+
+@pytest.mark.timeout(120)
+def test_resync_scan_stays_linear_on_crafted_bytes():
+    """Mid-stream bytes full of would-be methods and one long 'target' without a version token: the search
+    for the next request line must not backtrack over the held bytes at every capital letter."""
+    from support.segments import Flow
+    from vxcap.message import MessageBuilder, MessageOptions
+    from vxcap.reassembly import Reassembler
+
+    f = Flow(mss=1400)  # no handshake: the stream is joined mid-way and scanned for a start line
+    crafted = (b"A " + b"x" * 1398) + b"A B " * 350 + b"Q" * 5000
+    for _ in range(300):
+        f.request(crafted)
+    f.request(b"GET /after HTTP/1.1\r\nHost: h\r\n\r\n")
+    f.response(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    builder = MessageBuilder(MessageOptions(host="n"))
+    calls = []
+    r = Reassembler(lambda c, q, rr: calls.append(builder.details(c, q, rr)))
+    r.process(f.close().segments)
+    r.close_all()
+    urls = [v for c in calls for k, v in c if k == "request_url"]
+    assert urls == ["http://h/after"]
+    assert r.counters()["resync_skipped_bytes"] >= 299 * len(crafted)

@@ -38,7 +38,12 @@ EOF = "eof"  # the connection ended inside the message
 # Used only to find a message boundary after a gap or in a stream captured mid-way, so it is strict
 # about the version token and lenient about the method (any token of capitals, as servers accept).
 # Not anchored to a line start: after a gap the next message usually follows the end of a body directly.
-_REQUEST_LINE = re.compile(rb"[A-Z][A-Z0-9_-]{1,19} [!-~]{1,8192} HTTP/1\.[01]\r?\n")
+# A request line is found from its version token backwards (find_request_line), never with a regex that
+# could backtrack over a long target at every capital letter: scanning stays linear in the bytes held.
+_VERSION_END = re.compile(rb" HTTP/1\.[01]\r?\n")
+_METHOD_TAIL = re.compile(rb"[A-Z][A-Z0-9_-]{0,19}\Z")
+_TARGET = re.compile(rb"[!-~]+")  # visible ASCII (RFC 9112 3.2)
+_MAX_TARGET = 8192
 _STATUS_LINE = re.compile(rb"HTTP/1\.[01] [1-5][0-9][0-9](?:[ \r\n])")
 _TLS_RECORD = re.compile(rb"\x16\x03[\x00-\x04]")  # RFC 8446 5.1: handshake record, legacy version 3.x
 # The first bytes of an HTTP/1.x message: a method token and a space, or a status line's version.
@@ -186,6 +191,26 @@ _LLHTTP_METHODS = frozenset(
     b"MKCALENDAR LINK UNLINK SOURCE QUERY CONNECT".split()
 )
 _LOOSE_VERSION = re.compile(rb"HTTP/1\.?[0-9]?")
+
+
+def find_request_line(buf: bytes) -> int:
+    """Offset of the first request line (method SP target SP HTTP/1.x CRLF, RFC 9112 3) in ``buf``, or -1.
+
+    Linear: each " HTTP/1.x" line end found is checked backwards (a target of printable non-space bytes,
+    at most 8 KiB, after a method token) and the search goes on after it.
+    """
+    pos = 0
+    while True:
+        m = _VERSION_END.search(buf, pos)
+        if m is None:
+            return -1
+        end = m.start()
+        space = buf.rfind(b" ", max(0, end - _MAX_TARGET - 1), end)
+        if space > 0 and _TARGET.fullmatch(buf, space + 1, end):
+            head = _METHOD_TAIL.search(buf, max(0, space - 20), space)
+            if head is not None:
+                return head.start()
+        pos = m.end()
 
 
 def _lenient_request_line(block: bytes) -> tuple[bytes, str] | None:
@@ -432,30 +457,31 @@ class HalfParser:
         buf = self.buf
         if not self.conn.sized_up and self.conn.sniff(self, buf):
             return b""
-        pats = (_REQUEST_LINE,) if self.is_request else (_STATUS_LINE,)
-        if self.is_request is None:
-            pats = (_REQUEST_LINE, _STATUS_LINE)
-        best = None
-        for pat in pats:
-            m = pat.search(buf)
-            if m is not None and (best is None or m.start() < best[0].start()):
-                best = (m, pat)
-        if best is None:
+        at = -1
+        found_request = False
+        if self.is_request is not False:
+            at = find_request_line(buf)
+            found_request = at >= 0
+        if not self.is_request:
+            m = _STATUS_LINE.search(buf)
+            if m is not None and (at < 0 or m.start() < at):
+                at = m.start()
+                found_request = False
+        if at < 0:
             if len(buf) > _MAX_LINE_SCAN:
                 cut = len(buf) - _MAX_LINE_SCAN
                 self.stats["resync_skipped_bytes"] += cut
                 self.buf = buf[cut:]
                 self.buf_seq = (self.buf_seq + cut) & 0xFFFFFFFF
             return b""
-        m, pat = best
-        if m.start():
-            self.stats["resync_skipped_bytes"] += m.start()
+        if at:
+            self.stats["resync_skipped_bytes"] += at
         if self.is_request is None:
-            self.conn.assign_roles(self, pat is _REQUEST_LINE)
+            self.conn.assign_roles(self, found_request)
         self.state = _HEADERS
         self.buf = b""
-        self.rest_seq = (self.buf_seq + m.start()) & 0xFFFFFFFF
-        return buf[m.start():]
+        self.rest_seq = (self.buf_seq + at) & 0xFFFFFFFF
+        return buf[at:]
 
     def _take_headers(self) -> bytes:
         """At a boundary: once the whole header block is buffered, parse it and set up body framing."""
