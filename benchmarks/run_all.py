@@ -248,7 +248,7 @@ def sink_rules_section(path: pathlib.Path) -> list[str]:
     for name in ("sink_asyncio", "sink_uvloop"):
         x = d.get(name)
         if x:
-            out.append(f"| {name}: 1M ~{x['avg_line_bytes']}-byte messages, zlib level {x['compression_level']} | "
+            out.append(f"| {name}: 1M ~{x['avg_line_bytes']}-byte messages, deflate level {x['compression_level']} (ISA-L) | "
                        f"{x['messages_per_s']:,} messages/s; event loop lag max {x['loop_lag_max_ms']} ms, "
                        f"longest loop-thread stretch {x['loop_thread_cpu_per_tick_max_ms']} ms | received "
                        f"{x['received']:,}, dropped {x['dropped']}, {'OK' if x['correct'] else 'FAILED'} |")

@@ -26,6 +26,15 @@ import signal
 import sys
 import time
 import zlib
+
+try:  # ISA-L inflates the same RFC 1950 streams ~2-3x faster: the collector should not be the bottleneck
+    from isal.isal_zlib import decompress as _inflate
+    from isal.isal_zlib import error as _isal_error
+
+    _INFLATE_ERRORS: tuple = (zlib.error, _isal_error)
+except ImportError:  # pragma: no cover
+    _inflate = zlib.decompress
+    _INFLATE_ERRORS = (zlib.error,)
 from dataclasses import dataclass, field
 
 import orjson
@@ -223,8 +232,8 @@ class Collector:
         encoding = request.headers.get("Content-Encoding", "")
         if encoding == "deflated":
             try:
-                raw = zlib.decompress(body)
-            except zlib.error as exc:
+                raw = _inflate(body)
+            except _INFLATE_ERRORS as exc:
                 rec.status = 400
                 return web.Response(status=400, text=f"invalid zlib stream: {exc}")
         elif encoding == "":
