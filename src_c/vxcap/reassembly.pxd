@@ -53,10 +53,13 @@ cdef class Reassembler:
     cdef public long long _next_response_sweep
 
     @cython.locals(conn=Conn, half=Half, peer=Half, h=Half, d=int, hd=int, flags=int, ts=cython.longlong,
-                   missing=cython.longlong)
+                   missing=cython.longlong, seq=cython.longlong, ack=cython.longlong, payload=bytes, key=bytes,
+                   conns=object, stats=object)
     cpdef process(self, segments)
+    @cython.locals(diff=cython.longlong, total=cython.longlong, cut=cython.longlong)
     cpdef _data(self, Conn conn, int d, Half half, long long seq, bytes payload, long long missing,
                 long long ts, object ack)
+    @cython.locals(h=HttpConnection)
     cpdef _deliver(self, Conn conn, int d, Half half, bytes payload, long long missing, long long ts,
                    object ack)
     cpdef HttpConnection _http(self, Conn conn)
