@@ -204,7 +204,7 @@ def next_limit(st: dict) -> list[str]:
              ("rules, strict (Rules.apply, native)", None if us.get("messages_rules_strict") is None
               or us.get("messages") is None else max(0.0, us["messages_rules_strict"] - us["messages"])),
              ("serialisation (orjson)", us.get("serialise")),
-             ("sink (batching, zlib, POST)", us.get("sink"))]
+             ("sink (batching, deflate, POST)", us.get("sink"))]
     parts = [(k, v) for k, v in parts if v is not None]
     if not parts:
         return []
