@@ -371,8 +371,7 @@ class Reassembler:
         """Skip holes before ``ack`` (acknowledged by the peer), delivering what we hold up to there."""
         while half.early and half.next_seq is not None and _serial_diff(ack, half.next_seq) > 0:
             nxt = half.next_seq
-            first = min(e[0] for e in half.early) if len(half.early) < 2 else min(
-                (e[0] for e in half.early), key=lambda q: _serial_diff(q, nxt))
+            first = min((e[0] for e in half.early), key=lambda q: _serial_diff(q, nxt))
             hole_end = first if _serial_diff(first, ack) <= 0 else ack
             if _serial_diff(hole_end, nxt) > 0:
                 self._skip(conn, d, half, _serial_diff(hole_end, nxt))
