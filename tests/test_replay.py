@@ -191,3 +191,14 @@ def test_options_beyond_the_sniffer_are_off_by_default_and_work_when_on():
         assert first(c, "custom_field:mirror_source")  # the app's address on the mirror path
     r = vxcap("replay", str(SAMPLE), "--custom-fields", "vni,pod")
     assert r.returncode == 2 and b"--custom-fields" in r.stderr
+
+
+def test_replay_honours_the_daemons_limits_from_the_environment():
+    # The same build_pipeline as `vxcap run`: a header block over VXCAP_MAX_HEADER_BYTES is dropped, counted.
+    wrapped = PCAPS / "arkime" / "http-wrapped-header.pcap"  # a ~3.4 KB request header block
+    assert vxcap("replay", str(wrapped)).stdout.count(b"\n") == 1
+    r = vxcap("replay", str(wrapped), env={"VXCAP_MAX_HEADER_BYTES": "2KiB"})
+    assert r.returncode == 0, r.stderr
+    assert b"header_limit_hits=1" in r.stderr and r.stdout.count(b"\n") == 0
+    bad = vxcap("replay", str(SAMPLE), env={"VXCAP_MAX_HEADER_BYTES": "lots"})
+    assert bad.returncode == 2 and bad.stderr.count(b"\n") == 1 and b"VXCAP_MAX_HEADER_BYTES" in bad.stderr

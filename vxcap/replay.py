@@ -75,11 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def make_pipeline(args):
-    """Build decoder, rules and pipeline from parsed arguments; ValueError with one line when invalid."""
-    from vxcap.decode import DecodeConfigError, Decoder, parse_vnis
-    from vxcap.message import MessageBuilder, MessageOptions
-    from vxcap.pipeline import Pipeline
-    from vxcap.reassembly import ReassemblyLimits
+    """Pipeline and rules from parsed arguments over the environment's configuration (the same
+    ``build_pipeline`` the daemon runs, so a replay honours VXCAP_* limits too); ValueError, one line."""
+    import dataclasses
+
+    from vxcap.config import ConfigError, load_config
+    from vxcap.decode import DecodeConfigError, parse_vnis
+    from vxcap.pipeline import build_pipeline
     from vxcap.rules import Rules, RulesError
 
     try:
@@ -92,25 +94,28 @@ def make_pipeline(args):
         raise ValueError(f"invalid --vxlan-port {args.vxlan_port!r}: expected one port number from 1 to 65535")
     if args.body_limit < 1:
         raise ValueError(f"invalid --body-limit {args.body_limit}: expected a positive number of bytes")
+    fields = frozenset(f.strip() for f in args.custom_fields.split(",") if f.strip())
+    unknown = fields - {"vni", "mirror_source"}
+    if unknown:
+        raise ValueError(f"--custom-fields: custom fields {sorted(unknown)}: expected any of vni, mirror_source")
+    if args.realip_header and not _TOKEN.fullmatch(args.realip_header):
+        raise ValueError(f"invalid --realip-header {args.realip_header!r}: expected an HTTP header name (RFC 9110 "
+                         "token)")
     try:
         rules = Rules.parse(args.rules, pure=args.pure)
     except RulesError as e:
         raise ValueError(str(e)) from None
-    decoder = Decoder(vxlan_port=next(iter(vxlan_port)), encap=args.encap, vnis=vnis, ports=ports,
-                      pure=args.pure)
-    limits = ReassemblyLimits()
-    limits.http.body_limit = args.body_limit
-    fields = frozenset(f.strip() for f in args.custom_fields.split(",") if f.strip())
     try:
-        options = MessageOptions(host=args.host, body_limit=args.body_limit, realip_header=args.realip_header,
-                                 custom_fields=fields)
-    except ValueError as e:
-        raise ValueError(f"--custom-fields: {e}") from None
-    if args.realip_header and not _TOKEN.fullmatch(args.realip_header):
-        raise ValueError(f"invalid --realip-header {args.realip_header!r}: expected an HTTP header name (RFC 9110 "
-                         "token)")
-    builder = MessageBuilder(options, rules)
-    return Pipeline(decoder, builder, limits, ports), rules
+        cfg = load_config(os.environ)
+    except ConfigError as e:
+        raise ValueError(str(e)) from None
+    cfg = dataclasses.replace(
+        cfg, vnis_include=vnis.include, vnis_exclude=vnis.exclude, app_ports=ports,
+        vxlan_port=next(iter(vxlan_port)), encap=args.encap, host=args.host or cfg.host,
+        body_limit=args.body_limit, realip_header=args.realip_header.lower() if args.realip_header else None,
+        custom_fields=fields,
+    )
+    return build_pipeline(cfg, rules, pure=args.pure), rules
 
 
 class Progress:
