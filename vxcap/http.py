@@ -30,7 +30,6 @@ import httptools
 # Reasons a message can be incomplete; they end up in the ``custom_field:vxcap_incomplete`` detail.
 GAP = "gap"  # bytes of this message were never captured (loss, truncation, buffer overflow)
 CUT = "body_limit"  # body longer than the body limit: kept up to the limit
-HEADERS_CUT = "header_limit"  # header block longer than max_header_bytes: the message is dropped
 NO_RESPONSE = "no_response"  # the request never got an answer in time
 EOF = "eof"  # the connection ended inside the message
 

@@ -60,10 +60,6 @@ def _text(raw: bytes) -> str:
     return raw.decode("utf-8", "replace")
 
 
-class _Bounded(Exception):
-    pass
-
-
 def decode_body(msg: Message, limit: int, stats: collections.Counter) -> str:
     """The body as text: content-decoded (bounded by ``limit``), or as captured when decoding fails."""
     if not msg.body:
@@ -76,10 +72,6 @@ def decode_body(msg: Message, limit: int, stats: collections.Counter) -> str:
     if coding and coding != b"identity":
         try:
             out = _decompress(coding, raw, limit)
-        except _Bounded:
-            stats["body_decode_limit_hits"] += 1
-            msg.mark(CUT)
-            out = None
         except Exception:  # zlib.error, brotli.error, unknown coding: keep what was captured
             stats["body_decode_failures"] += 1
             out = None
